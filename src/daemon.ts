@@ -1,0 +1,519 @@
+import { mkdirSync } from 'node:fs';
+import type { Redis } from 'ioredis';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { defaultInstanceId, LeaderLease } from './cluster/lease.js';
+import { ConfigError, formatIssue } from './config/errors.js';
+import { loadConfig, type Config } from './config/load.js';
+import { Monitor } from './health/monitor.js';
+import { buildServer } from './http/server.js';
+import type { Audit } from './http/auth.js';
+import { runbookRoutes } from './http/routes/runbooks.js';
+import { incidentRoutes } from './http/routes/incidents.js';
+import { alertmanagerRoutes } from './http/routes/alertmanager.js';
+import { IncidentManager } from './incidents/manager.js';
+import { restoreTestRoutes } from './http/routes/restore-tests.js';
+import { consoleRoutes } from './http/routes/console.js';
+import { RestoreTests } from './restore-tests/manager.js';
+import { Executor } from './runbooks/executor.js';
+import { checkImmutable, runbookFirstSeen, RunbookSet } from './runbooks/loader.js';
+import { createLogger } from './log.js';
+import { Metrics } from './metrics.js';
+import { redactor } from './redact.js';
+import { connectRedis } from './redis-connection.js';
+import { VERSION } from './version.js';
+
+/** The Redis settings Continuity needs in production, and why. */
+const REDIS_EXPECTED = {
+  'maxmemory-policy': {
+    want: 'noeviction',
+    why: 'BullMQ jobs and execution records must never be evicted (with noeviction a full Redis refuses writes instead of losing them)',
+  },
+  appendonly: { want: 'yes', why: 'with AOF an acknowledged approval or step result survives a Redis restart' },
+} as const;
+
+/**
+ * Reads Redis' maxmemory-policy and appendonly with CONFIG GET. `ok` is undefined when they could
+ * not be read (CONFIG disabled or renamed, as on managed Redis); `problems` says what is set, what is
+ * expected and why.
+ */
+export async function checkRedisConfig(redis: Pick<Redis, 'config'>): Promise<{
+  ok: boolean | undefined;
+  settings: Record<string, string>;
+  problems: string[];
+  error?: string;
+}> {
+  const settings: Record<string, string> = {};
+  try {
+    for (const name of Object.keys(REDIS_EXPECTED)) {
+      const reply = (await redis.config('GET', name)) as unknown;
+      const pairs = Array.isArray(reply) ? (reply as unknown[]).map(String) : [];
+      const i = pairs.indexOf(name);
+      if (i < 0 || pairs[i + 1] === undefined) throw new Error(`CONFIG GET ${name} answered nothing`);
+      settings[name] = pairs[i + 1]!;
+    }
+  } catch (err) {
+    return { ok: undefined, settings, problems: [], error: (err as Error).message };
+  }
+  const problems = Object.entries(REDIS_EXPECTED)
+    .filter(([name, e]) => settings[name] !== e.want)
+    .map(([name, e]) => `${name} is ${settings[name]}, expected ${e.want}: ${e.why}`);
+  return { ok: problems.length === 0, settings, problems };
+}
+
+export interface DaemonOptions {
+  configPath: string;
+  /** Where logs go (default stdout). */
+  logStream?: NodeJS.WritableStream;
+  /** Overrides daemon.listen's port (0 for any free port, as tests do). */
+  port?: number;
+  firstRun?: 'spread' | 'now';
+}
+
+/** The outcome of the last load or reload, for the status API. */
+interface ReloadRecord {
+  ok: boolean;
+  at: string;
+  errors?: string[];
+}
+
+/**
+ * The long-running process: loads the config once (refusing to start on any problem), runs the
+ * probes, serves HTTP, reloads on SIGHUP (an invalid new config is refused whole and the old one
+ * keeps running), and on SIGTERM stops scheduling, lets in-flight probes finish by a deadline,
+ * and closes Redis and HTTP.
+ */
+export class Daemon {
+  config!: Config;
+  readonly metrics = new Metrics(VERSION);
+  log!: Logger;
+  monitor!: Monitor;
+  /** Runs runbook executions; undefined until Redis has been reached and the runbooks verified. */
+  executor: Executor | undefined;
+  /** Incidents and failover decisions; started with the executor. */
+  incidents: IncidentManager | undefined;
+  /** Restore tests: schedules, follow-ups, reports, sweeper; started with the executor. */
+  restoreTests: RestoreTests | undefined;
+  /** Leadership among the instances sharing the Redis; started with the executor. */
+  lease: LeaderLease | undefined;
+  /** Elections and depositions, applied one at a time in order. */
+  private transitions: Promise<void> = Promise.resolve();
+  /** Runbook versions whose content matched their recorded hash. */
+  private runbooks = new RunbookSet([]);
+  /** When each runbook version was first loaded (epoch ms by `name@vN`), read after checkImmutable. */
+  private runbooksFirstSeen = new Map<string, number>();
+  private redis!: Redis;
+  private queueConnection: Redis | undefined;
+  private stopping = false;
+  private redisConfigChecked = false;
+  private http!: FastifyInstance;
+  private lastReload!: ReloadRecord;
+  private readonly startedAt = new Date();
+  url = '';
+
+  constructor(private readonly opts: DaemonOptions) {
+    // Review age at each scrape: the version's reviewed: date, else when it was first loaded.
+    this.metrics.runbookReviews = () =>
+      this.runbooks.all.flatMap((r) => {
+        const at = r.reviewedAt ?? this.runbooksFirstSeen.get(`${r.name}@v${r.version}`);
+        return at === undefined ? [] : [{ runbook: r.name, version: r.version, at }];
+      });
+  }
+
+  /** Starts everything; throws ConfigError when the config is invalid (nothing is started then). */
+  async start(): Promise<void> {
+    const config = loadConfig(this.opts.configPath);
+    this.config = config;
+    redactor.set(config.secrets);
+    this.log = createLogger(config.daemon.logLevel as never, this.opts.logStream);
+    mkdirSync(config.daemon.stateDir, { recursive: true });
+    this.metrics.configReloadSuccess.set(1);
+    this.metrics.configReloadTimestamp.set(Date.now() / 1000);
+    this.lastReload = { ok: true, at: new Date().toISOString() };
+
+    this.redis = connectRedis(config.daemon, {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: 2000,
+      // Back within a second of Redis (readiness, incidents, the API's 503s follow this connection).
+      retryStrategy: (times) => Math.min(times * 200, 1000),
+    });
+    this.redis.on('error', (err) => this.log.debug({ err: err.message }, 'redis error'));
+    const connected = await Promise.race([
+      this.redis.connect().then(
+        () => true,
+        () => false,
+      ),
+      new Promise<false>((r) => setTimeout(() => r(false), 3000).unref()),
+    ]);
+    if (connected) {
+      await this.checkRedisConfig();
+      // A runbook version whose content changed is a config error like any other: refuse to start.
+      const changed = await checkImmutable(this.redis, config.runbooks.all);
+      if (changed.length > 0) {
+        this.redis.disconnect();
+        throw new ConfigError(changed);
+      }
+      this.runbooks = config.runbooks;
+      await this.readFirstSeen();
+    } else {
+      this.log.warn('redis not reachable yet: probes run, runbooks wait for it');
+    }
+
+    this.monitor = new Monitor(config, this.metrics, this.log, { firstRun: this.opts.firstRun });
+    const audit: Audit = async (entry) => {
+      this.log.info(entry, 'audit');
+      // While Redis is away an answer never waits for its audit record: the log line above keeps it.
+      if (this.redis.status !== 'ready') return void this.log.error({ entry }, 'audit write failed: redis unreachable');
+      await this.executor?.store.audit(entry).catch((err: Error) => this.log.error({ err: err.message, entry }, 'audit write failed'));
+    };
+    this.http = buildServer({
+      log: this.log,
+      metrics: this.metrics,
+      status: () => this.status(),
+      notReady: () => this.notReady(),
+      routes: (app) => {
+        consoleRoutes(app);
+        incidentRoutes(app, {
+          incidents: () => this.incidents,
+          tokens: () => this.config.auth.tokens,
+          services: () => Object.keys(this.config.services),
+          audit,
+        });
+        alertmanagerRoutes(app, {
+          incidents: () => this.incidents,
+          tokens: () => this.config.auth.tokens,
+          alertmanager: () => this.config.alertmanager,
+          services: () => Object.keys(this.config.services),
+          audit,
+        });
+        restoreTestRoutes(app, {
+          restoreTests: () => this.restoreTests,
+          tokens: () => this.config.auth.tokens,
+          audit,
+        });
+        runbookRoutes(app, {
+          executor: () => this.executor,
+          runbooks: () => this.runbooks,
+          tokens: () => this.config.auth.tokens,
+          audit,
+        });
+      },
+    });
+    if (connected) await this.startExecutor();
+    else void this.startExecutorWhenRedisIsBack(config);
+    const port = this.opts.port ?? config.daemon.listenPort;
+    await this.http.listen({ host: config.daemon.listenHost, port });
+    const addr = this.http.server.address();
+    const actualPort = typeof addr === 'object' && addr ? addr.port : port;
+    const host = config.daemon.listenHost.includes(':') ? `[${config.daemon.listenHost}]` : config.daemon.listenHost;
+    this.url = `http://${host}:${actualPort}`;
+    this.log.info(
+      {
+        version: VERSION,
+        probes: config.probes.length,
+        services: Object.keys(config.services).length,
+        metrics: `${this.url}/metrics`,
+        status: `${this.url}/api/v1/status`,
+      },
+      'continuity started',
+    );
+  }
+
+  private async startExecutor(): Promise<void> {
+    const config = this.config;
+    // Back within a second of Redis (BullMQ's blocking connections are copies of this one).
+    this.queueConnection = connectRedis(config.daemon, {
+      maxRetriesPerRequest: null,
+      retryStrategy: (times) => Math.min(times * 200, 1000),
+    });
+    this.queueConnection.on('error', (err) => this.log.debug({ err: err.message }, 'redis (queue) error'));
+    const lease = new LeaderLease({
+      redis: this.redis,
+      instanceId: config.daemon.instanceId ?? defaultInstanceId(),
+      leaseMs: config.daemon.leaderLeaseMs ?? 10_000,
+      log: this.log,
+      onChange: (leading, token) => {
+        this.metrics.leader.set(leading ? 1 : 0);
+        if (token !== undefined) this.metrics.leaderEpoch.set(token);
+      },
+    });
+    this.metrics.leader.set(0);
+    const executor = new Executor({
+      connection: this.queueConnection,
+      // Execution records go through the queue's connection, which waits for Redis to come back
+      // (offline queue, no retry limit): a step's result is written after a restart, never dropped.
+      // The API answers 503 at once while Redis is away (routes check the connection's status).
+      redis: this.queueConnection,
+      runbooks: () => this.runbooks,
+      log: this.log,
+      metrics: this.metrics,
+      stateDir: config.daemon.stateDir,
+      probes: {
+        get: (id) => {
+          const st = this.monitor.state(id);
+          return st ? { state: st.state, observed: st.last?.observed ?? {} } : undefined;
+        },
+        ids: () => this.config.probes.map((p) => p.id),
+      },
+      lockDurationMs: config.daemon.runbookLockDurationMs,
+      concurrency: config.daemon.runbookConcurrency,
+      twoPersonRule: config.auth.twoPersonRule,
+      fence: () => lease.token,
+    });
+    // The worker runs on the leader only (started at election); any instance enqueues.
+    this.executor = executor;
+    const incidents = new IncidentManager({
+      redis: this.redis,
+      monitor: this.monitor,
+      executor: () => this.executor,
+      config: () => this.config,
+      log: this.log,
+      metrics: this.metrics,
+      lease,
+    });
+    await incidents.start();
+    this.incidents = incidents;
+    const restoreTests = new RestoreTests({
+      connection: this.queueConnection,
+      redis: this.redis,
+      executor: () => this.executor,
+      config: () => this.config,
+      log: this.log,
+      metrics: this.metrics,
+      stateDir: config.daemon.stateDir,
+      lockDurationMs: config.daemon.runbookLockDurationMs,
+      leading: () => lease.leading,
+    });
+    await restoreTests.start();
+    this.restoreTests = restoreTests;
+    this.lease = lease;
+    lease.on('elected', (token) =>
+      this.transition('election', async () => {
+        if (lease.token !== token) return; // deposed meanwhile
+        await executor.start();
+        await incidents.lead();
+        await restoreTests.applySchedules();
+        this.log.info(
+          { instance: config.daemon.instanceId, token },
+          'leading: deciding failovers, running executions, scheduling restore tests',
+        );
+      }),
+    );
+    lease.on('deposed', (reason, { unreachable }) =>
+      this.transition('deposition', async () => {
+        incidents.stepDown();
+        // Lapsed only because Redis was away: running steps finish (fenced writes keep them honest).
+        await executor.stopWorker({ keepRunning: unreachable });
+        this.log.warn({ reason }, 'no longer leading: decisions and executions stopped here');
+      }),
+    );
+    // The first attempt is awaited: a lone instance leads (its worker runs) when start returns.
+    await lease.start();
+    await this.transitions;
+    this.log.info({ runbooks: this.runbooks.all.length, leading: lease.leading }, 'runbook executor started');
+  }
+
+  /** Queues an election's or deposition's work behind the previous one's. */
+  private transition(what: string, work: () => Promise<void>): void {
+    this.transitions = this.transitions
+      .then(work)
+      .catch((err: Error) => this.log.error({ err: err.message }, `${what}: not applied fully`));
+  }
+
+  private async startExecutorWhenRedisIsBack(config: Config): Promise<void> {
+    while (!this.stopping) {
+      await new Promise((r) => setTimeout(r, 2000).unref());
+      if (this.redis.status !== 'ready') continue;
+      await this.checkRedisConfig();
+      const changed = await checkImmutable(this.redis, config.runbooks.all).catch(() => undefined);
+      if (!changed) continue;
+      if (changed.length > 0) {
+        this.log.error({ errors: changed.map(formatIssue) }, 'runbooks refused: a version changed; fix them and reload');
+        return;
+      }
+      this.runbooks = config.runbooks;
+      await this.readFirstSeen();
+      await this.startExecutor();
+      return;
+    }
+  }
+
+  /** Reads when each runbook version was first loaded, for continuity_runbook_review_age_seconds. */
+  private async readFirstSeen(): Promise<void> {
+    this.runbooksFirstSeen = await runbookFirstSeen(this.redis).catch((err: Error) => {
+      this.log.warn({ err: err.message }, 'could not read when runbook versions were first loaded');
+      return this.runbooksFirstSeen;
+    });
+  }
+
+  /** Warns once, at start, when Redis is not set for production; sets continuity_redis_config_ok. */
+  private async checkRedisConfig(): Promise<void> {
+    if (this.redisConfigChecked) return;
+    this.redisConfigChecked = true;
+    const { ok, settings, problems, error } = await checkRedisConfig(this.redis);
+    const expected = Object.fromEntries(Object.entries(REDIS_EXPECTED).map(([name, e]) => [name, e.want]));
+    if (ok === undefined) {
+      this.log.warn(
+        { err: error, expected },
+        'redis settings could not be checked (CONFIG GET refused): make sure maxmemory-policy is noeviction and appendonly is yes',
+      );
+      return;
+    }
+    this.metrics.redisConfigOk.set(ok ? 1 : 0);
+    if (!ok) this.log.warn({ redis: settings, expected }, `redis is not set for production: ${problems.join('; ')}`);
+  }
+
+  /**
+   * Loads the config again. An invalid config is refused whole: the running config keeps going,
+   * the refusal is logged with every problem, and continuity_config_last_reload_successful is 0.
+   */
+  async reload(): Promise<boolean> {
+    try {
+      const next = loadConfig(this.opts.configPath);
+      if (this.redis.status === 'ready') {
+        const changed = await checkImmutable(this.redis, next.runbooks.all);
+        if (changed.length > 0) throw new ConfigError(changed);
+        this.runbooks = next.runbooks;
+        await this.readFirstSeen();
+      }
+      for (const [key, now, was] of [
+        [
+          'daemon.listen',
+          `${next.daemon.listenHost}:${next.daemon.listenPort}`,
+          `${this.config.daemon.listenHost}:${this.config.daemon.listenPort}`,
+        ],
+        ['daemon.redis_url', next.daemon.redisUrl, this.config.daemon.redisUrl],
+        [
+          'daemon.redis_sentinel',
+          JSON.stringify(next.daemon.redisSentinel ?? null),
+          JSON.stringify(this.config.daemon.redisSentinel ?? null),
+        ],
+      ] as const) {
+        if (now !== was) this.log.warn({ key }, 'this setting changes only at restart; the running value is kept');
+      }
+      redactor.set([...next.secrets]);
+      this.monitor.apply(next);
+      this.config = next;
+      // The leader owns the schedulers; another instance leaves them to it.
+      if (this.lease?.leading ?? true)
+        await this.restoreTests
+          ?.applySchedules()
+          .catch((err: Error) => this.log.error({ err: err.message }, 'restore-test schedules not applied'));
+      this.log.level = next.daemon.logLevel;
+      this.metrics.configReloadSuccess.set(1);
+      this.metrics.configReloadTimestamp.set(Date.now() / 1000);
+      this.metrics.configReloads.inc({ result: 'success' });
+      this.lastReload = { ok: true, at: new Date().toISOString() };
+      this.log.info({ probes: next.probes.length }, 'config reloaded');
+      return true;
+    } catch (err) {
+      const errors = err instanceof ConfigError ? err.issues.map(formatIssue) : [(err as Error).message];
+      this.metrics.configReloadSuccess.set(0);
+      this.metrics.configReloads.inc({ result: 'failure' });
+      this.lastReload = { ok: false, at: new Date().toISOString(), errors };
+      this.log.error({ errors }, 'config reload refused; the running config is kept');
+      return false;
+    }
+  }
+
+  /** Stops scheduling, lets in-flight probes finish or aborts them at the grace deadline, closes HTTP and Redis. */
+  async stop(): Promise<void> {
+    if (!this.monitor) return; // never started
+    this.log.info({ graceSeconds: this.config.daemon.shutdownGraceMs / 1000 }, 'stopping');
+    this.stopping = true;
+    this.incidents?.stop();
+    await this.monitor.stop(this.config.daemon.shutdownGraceMs);
+    await this.http.close();
+    await this.restoreTests?.close();
+    await this.executor?.close();
+    // Released once nothing runs here any more, so another instance leads at once.
+    this.lease?.removeAllListeners();
+    await this.lease?.stop();
+    await this.transitions;
+    this.queueConnection?.disconnect();
+    this.redis.disconnect();
+    this.log.info('stopped');
+  }
+
+  /** Reasons the daemon is not ready (config loaded and Redis reachable), empty when ready. */
+  async notReady(): Promise<string[]> {
+    const reasons: string[] = [];
+    if (!this.config) reasons.push('config not loaded');
+    try {
+      await Promise.race([this.redis.ping(), new Promise((_, rej) => setTimeout(() => rej(new Error('no answer in 1s')), 1000).unref())]);
+    } catch (err) {
+      reasons.push(`redis unreachable: ${(err as Error).message}`);
+    }
+    return reasons;
+  }
+
+  /** The document of /api/v1/status and `continuity status`. */
+  status() {
+    const v = this.monitor.current;
+    return {
+      version: VERSION,
+      startedAt: this.startedAt.toISOString(),
+      // Several instances may share the Redis: which one this is, and who decides (as this one last saw it).
+      ...(this.lease
+        ? { cluster: { instance: this.lease.instanceId, leading: this.lease.leading, leader: this.lease.knownLeader ?? null } }
+        : {}),
+      config: { file: this.config.file, lastReload: this.lastReload },
+      sites: Object.entries(this.config.sites).map(([id, s]) => ({
+        id,
+        role: s.role,
+        description: s.description,
+        verdict: v.sites[id] ?? 'UNKNOWN',
+      })),
+      services: Object.values(this.config.services).map((s) => {
+        const sv = v.services[s.id];
+        return {
+          id: s.id,
+          description: s.description,
+          rtoSeconds: s.rtoMs / 1000,
+          rpoSeconds: s.rpoMs / 1000,
+          activeSite: sv?.activeSite ?? s.activeSite,
+          verdict: sv?.verdict ?? 'UNKNOWN',
+          sites: sv?.sites ?? {},
+          downProbes: sv?.downProbes ?? [],
+          ...(sv?.outageStart ? { outageStart: new Date(sv.outageStart).toISOString() } : {}),
+        };
+      }),
+      probes: this.monitor.probes(),
+    };
+  }
+}
+
+/** Runs the daemon until SIGTERM/SIGINT; SIGHUP reloads. Exits 1 on invalid config. */
+export async function runDaemon(opts: DaemonOptions): Promise<void> {
+  const daemon = new Daemon(opts);
+  try {
+    await daemon.start();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`continuity: refusing to start: ${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+  process.stderr.write(
+    `continuity: watching ${daemon.config.probes.length} probes\n  status:  ${daemon.url}/api/v1/status\n  metrics: ${daemon.url}/metrics\n`,
+  );
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    daemon.log.info({ signal }, 'signal received');
+    daemon.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        daemon.log.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => void daemon.reload());
+}
