@@ -19,7 +19,8 @@ export function probe(
       id: opts.id ?? `test-${kind}`,
       prober: prober as never,
       settings,
-      timeoutMs: opts.timeoutMs ?? 2000,
+      // Generous: a first SSH handshake or TLS setup on a busy CI machine can take seconds; tests of timeouts set their own.
+      timeoutMs: opts.timeoutMs ?? 10_000,
       conditions: (opts.conditions ?? []).map((c) => compileCondition(c, prober.observed)),
     },
     { stateDir },

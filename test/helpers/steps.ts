@@ -34,7 +34,8 @@ export async function runStep(
   opts: RunStepOptions = {},
 ): Promise<StepResult & { durationSeconds: number }> {
   const step = stepKinds[kind];
-  const timeoutMs = opts.timeoutMs ?? 2000;
+  // Generous: a first SSH handshake on a busy CI machine can take seconds; tests of timeouts set their own.
+  const timeoutMs = opts.timeoutMs ?? 10_000;
   const t0 = performance.now();
   const deadline = new AbortController();
   const outer = opts.signal;

@@ -141,7 +141,7 @@ describe('dns prober', () => {
     const r = await probe('dns', { name: 'db.example.test', server: silentAddr }, { timeoutMs: 300 });
     expect(r).toMatchObject({ ok: false, reason: 'timed out after 300ms' });
     expect(r.durationSeconds).toBeGreaterThanOrEqual(0.29);
-    expect(r.durationSeconds).toBeLessThan(1);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 
   it("says so when the resolver's own timeout comes first", async () => {

@@ -302,7 +302,7 @@ describe('http prober', () => {
       const r = await probe('http', { url: `http://127.0.0.1:${silent.port}/` }, { timeoutMs: 300 });
       expect(r).toMatchObject({ ok: false, reason: 'timed out after 300ms' });
       expect(r.durationSeconds).toBeGreaterThanOrEqual(0.29);
-      expect(r.durationSeconds).toBeLessThan(1);
+      expect(r.durationSeconds).toBeLessThan(3);
     });
 
     it('closes its connection when the signal aborts', async () => {

@@ -152,7 +152,7 @@ describe('mysql prober', () => {
   it('times out against a peer that accepts and never answers', async () => {
     const r = await probe('mysql', { ...local, port: silent.port, user: 'root' }, { timeoutMs: 250 });
     expect(r).toMatchObject({ ok: false, reason: 'timed out after 250ms' });
-    expect(r.durationSeconds).toBeLessThan(1);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 
   it('drops its connection when the run is aborted', async () => {

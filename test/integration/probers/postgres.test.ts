@@ -58,7 +58,7 @@ describe('postgres prober', () => {
   it('times out against a peer that accepts and never answers', async () => {
     const r = await probe('postgres', { host: '127.0.0.1', port: silent.port, user: 'postgres', database: 'postgres' }, { timeoutMs: 250 });
     expect(r).toMatchObject({ ok: false, reason: 'timed out after 250ms' });
-    expect(r.durationSeconds).toBeLessThan(1);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 
   it('drops its connection when the run is aborted', async () => {

@@ -47,7 +47,7 @@ describe('redis prober', () => {
   it('times out against a peer that accepts and never answers', async () => {
     const r = await probe('redis', { ...local, port: silent.port }, { timeoutMs: 250 });
     expect(r).toMatchObject({ ok: false, reason: 'timed out after 250ms' });
-    expect(r.durationSeconds).toBeLessThan(1);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 
   it('drops its connection when the run is aborted', async () => {

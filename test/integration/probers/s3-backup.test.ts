@@ -138,7 +138,7 @@ describe('s3-backup prober', () => {
     try {
       const r = await probe('s3-backup', { ...settings('fresh/'), endpoint: `http://127.0.0.1:${silent.port}` }, { timeoutMs: 300 });
       expect(r).toMatchObject({ ok: false, reason: 'timed out after 300ms' });
-      expect(r.durationSeconds).toBeLessThan(1);
+      expect(r.durationSeconds).toBeLessThan(3);
     } finally {
       await silent.close();
     }

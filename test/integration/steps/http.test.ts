@@ -112,7 +112,7 @@ describe('http step', () => {
     try {
       const r = await runStep('http', { url: `http://127.0.0.1:${silent.port}/x` }, { timeoutMs: 300 });
       expect(r).toMatchObject({ ok: false, reason: 'timed out after 300ms' });
-      expect(r.durationSeconds).toBeLessThan(1);
+      expect(r.durationSeconds).toBeLessThan(3);
     } finally {
       await silent.close();
     }

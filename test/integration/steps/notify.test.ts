@@ -109,7 +109,7 @@ describe('notify step', () => {
     try {
       const r = await runStep('notify', { url: `http://127.0.0.1:${silent.port}${SECRET_PATH}`, message: 'x' }, { timeoutMs: 300 });
       expect(r).toMatchObject({ ok: false, reason: 'timed out after 300ms' });
-      expect(r.durationSeconds).toBeLessThan(1);
+      expect(r.durationSeconds).toBeLessThan(3);
     } finally {
       await silent.close();
     }

@@ -116,7 +116,7 @@ describe('sql step on PostgreSQL', () => {
   it('gives up at the timeout', async () => {
     const r = await runStep('sql', { ...conn, statement: 'SELECT pg_sleep(30)' }, { timeoutMs: 500 });
     expect(r).toMatchObject({ ok: false, reason: 'timed out after 500ms' });
-    expect(r.durationSeconds).toBeLessThan(1);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 
   it('drops the session when aborted, which ends the statement on the server', async () => {
@@ -213,7 +213,7 @@ describe('sql step on MariaDB', () => {
   it('gives up at the timeout', async () => {
     const r = await runStep('sql', { ...conn, statement: 'SELECT SLEEP(30)' }, { timeoutMs: 500 });
     expect(r).toMatchObject({ ok: false, reason: 'timed out after 500ms' });
-    expect(r.durationSeconds).toBeLessThan(1);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 
   it('kills the statement on the server when aborted', async () => {

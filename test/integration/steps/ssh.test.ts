@@ -116,7 +116,7 @@ describe('ssh step', () => {
   it('gives up on a command that outlives the timeout', async () => {
     const r = await runStep('ssh', login({ argv: ['sleep', '5'] }), { timeoutMs: 800 });
     expect(r).toMatchObject({ ok: false, reason: 'timed out after 800ms' });
-    expect(r.durationSeconds).toBeLessThan(1.5);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 });
 

@@ -35,7 +35,7 @@ describe('wait step', () => {
     expect(r).toMatchObject({ ok: true, result: { state: 'UP' } });
     expect(r.result.waited_seconds).toBeGreaterThanOrEqual(0.25);
     expect(r.result.waited_seconds).toBeLessThan(1);
-    expect(r.output).toMatch(/^probe pg-dr is UP after \d+ms$/);
+    expect(r.output).toMatch(/^probe pg-dr is UP after [\d.]+m?s$/);
   });
 
   it('does not wait when the probe is already there', async () => {
@@ -77,7 +77,7 @@ describe('wait step', () => {
     const r = await runStep('wait', { probe: 'pg-dr', state: 'UP', interval: '100ms' }, { probes: fake.view, timeoutMs: 500 });
     expect(r.ok).toBe(false);
     // Its own reason, not the executor's `timed out after 500ms`: no later check fitted, so it stopped first.
-    expect(r.reason).toMatch(/^probe pg-dr is still DOWN after \d+ms, waiting for UP$/);
+    expect(r.reason).toMatch(/^probe pg-dr is still DOWN after [\d.]+m?s, waiting for UP$/);
     expect(r.result).toMatchObject({ state: 'DOWN' });
 
     fake.set('pg-dr', { state: 'UP', observed: { role: 'replica' } });
@@ -86,7 +86,7 @@ describe('wait step', () => {
       { probe: 'pg-dr', condition: 'role == "primary"', interval: '100ms' },
       { probes: fake.view, timeoutMs: 500 },
     );
-    expect(c.reason).toMatch(/^probe pg-dr after \d+ms: condition "role == "primary"" is false \(role="replica"\)$/);
+    expect(c.reason).toMatch(/^probe pg-dr after [\d.]+m?s: condition "role == "primary"" is false \(role="replica"\)$/);
   });
 
   it('keeps waiting while a value the condition needs is missing, and says so at the end', async () => {
@@ -97,7 +97,7 @@ describe('wait step', () => {
       { probes: fake.view, timeoutMs: 400 },
     );
     expect(r.ok).toBe(false);
-    expect(r.reason).toMatch(/^probe pg-dr after \d+ms: condition "lag_seconds < 1.0" could not be evaluated: /);
+    expect(r.reason).toMatch(/^probe pg-dr after [\d.]+m?s: condition "lag_seconds < 1.0" could not be evaluated: /);
     expect(fake.reads()).toBeGreaterThan(1);
   });
 
@@ -122,7 +122,7 @@ describe('wait step', () => {
     setTimeout(() => controller.abort(new Error('aborted: the execution was cancelled')), 150);
     const r = await runStep('wait', { probe: 'web', state: 'UP' }, { probes: fake.view, timeoutMs: 10_000, signal: controller.signal });
     expect(r).toMatchObject({ ok: false, reason: 'aborted: the execution was cancelled' });
-    expect(r.durationSeconds).toBeLessThan(1);
+    expect(r.durationSeconds).toBeLessThan(3);
   });
 });
 
