@@ -3,9 +3,11 @@ import type { Redis } from 'ioredis';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { defaultInstanceId, LeaderLease } from './cluster/lease.js';
+import { SharedProbes } from './cluster/probe-share.js';
+import { failoverProbeIds, freshFor, VantageBoard, vantageProbeIds, type VantageReport } from './cluster/vantage.js';
 import { ConfigError, formatIssue } from './config/errors.js';
 import { loadConfig, type Config } from './config/load.js';
-import { Monitor } from './health/monitor.js';
+import { Monitor, summarize } from './health/monitor.js';
 import { buildServer } from './http/server.js';
 import type { Audit } from './http/auth.js';
 import { runbookRoutes } from './http/routes/runbooks.js';
@@ -96,6 +98,15 @@ export class Daemon {
   restoreTests: RestoreTests | undefined;
   /** Leadership among the instances sharing the Redis; started with the executor. */
   lease: LeaderLease | undefined;
+  /** Probes shared out across the instances (probe_distribution: shared), once Redis was reached. */
+  shared: SharedProbes | undefined;
+  /** What each instance sees of the probes failovers rely on. */
+  vantage: VantageBoard | undefined;
+  private clusterTimer: NodeJS.Timeout | undefined;
+  /** Sharing state: on while the queue connection is ready, off (every probe here) while it is not. */
+  private sharing = { on: false, since: 0, awaySince: 0, rescheduled: new Map<string, number>() };
+  /** The probes a failover policy relies on: never shared out, they run from every instance. */
+  private everywhere = new Set<string>();
   /** Elections and depositions, applied one at a time in order. */
   private transitions: Promise<void> = Promise.resolve();
   /** Runbook versions whose content matched their recorded hash. */
@@ -264,6 +275,8 @@ export class Daemon {
     });
     // The worker runs on the leader only (started at election); any instance enqueues.
     this.executor = executor;
+    const board = new VantageBoard(this.redis, lease.instanceId);
+    this.vantage = board;
     const incidents = new IncidentManager({
       redis: this.redis,
       monitor: this.monitor,
@@ -272,6 +285,11 @@ export class Daemon {
       log: this.log,
       metrics: this.metrics,
       lease,
+      vantage: (ids) =>
+        board.views(
+          this.config.probes.filter((p) => ids.includes(p.id)),
+          this.ownViews(ids),
+        ),
     });
     await incidents.start();
     this.incidents = incidents;
@@ -289,12 +307,30 @@ export class Daemon {
     await restoreTests.start();
     this.restoreTests = restoreTests;
     this.lease = lease;
+    if (config.daemon.probeDistribution === 'shared') {
+      this.everywhere = failoverProbeIds(config);
+      this.shared = new SharedProbes({
+        connection: this.queueConnection,
+        instanceId: lease.instanceId,
+        stateDir: config.daemon.stateDir,
+        concurrency: config.daemon.maxConcurrentProbes,
+        log: this.log,
+        summarize,
+        onResult: (p, r, mine) => this.monitor.recordShared(p, r.result, r.planned, mine),
+      });
+      this.shared.setProbes(this.sharedProbes());
+      await this.shared.start();
+      this.setSharing(true);
+    }
+    this.clusterTimer = setInterval(() => void this.clusterTick(), 1000);
+    this.clusterTimer.unref();
     lease.on('elected', (token) =>
       this.transition('election', async () => {
         if (lease.token !== token) return; // deposed meanwhile
         await executor.start();
         await incidents.lead();
         await restoreTests.applySchedules();
+        await this.shared?.applySchedules();
         this.log.info(
           { instance: config.daemon.instanceId, token },
           'leading: deciding failovers, running executions, scheduling restore tests',
@@ -313,6 +349,62 @@ export class Daemon {
     await lease.start();
     await this.transitions;
     this.log.info({ runbooks: this.runbooks.all.length, leading: lease.leading }, 'runbook executor started');
+  }
+
+  /** The probes shared out: all but those a failover policy relies on (they run from every instance). */
+  private sharedProbes() {
+    return this.config.probes.filter((p) => !this.everywhere.has(p.id));
+  }
+
+  /** Shares the shared probes out (on), or runs every probe here (off: the queue is unreachable). */
+  private setSharing(on: boolean): void {
+    if (!this.shared || this.sharing.on === on) return;
+    this.sharing.on = on;
+    this.sharing.since = Date.now();
+    this.sharing.rescheduled.clear();
+    this.monitor.runLocally((p) => !this.sharing.on || this.everywhere.has(p.id));
+    this.metrics.probeSharing.set(on ? 1 : 0);
+    if (on) this.log.info({ here: this.monitor.scheduledHere, probes: this.config.probes.length }, 'probes shared out through the cluster queue');
+    else this.log.warn({ probes: this.config.probes.length }, 'cluster queue unreachable: every probe runs here until it is back');
+  }
+
+  /** This instance's current view of some probes, as published on the vantage board. */
+  private ownViews(ids: Iterable<string>): Map<string, VantageReport> {
+    const views = new Map<string, VantageReport>();
+    for (const id of ids) {
+      const st = this.monitor.state(id);
+      if (st?.last) views.set(id, { state: st.state, at: st.last.startedAt, ok: st.last.ok, reason: st.last.reason });
+    }
+    return views;
+  }
+
+  /**
+   * Each second: publishes this instance's views of the primary_down probes; follows the queue
+   * connection (away for 2 s: every probe runs here; back: shared again); and, on the leader,
+   * puts back the scheduler of a shared probe no instance has run for two intervals (an iteration
+   * lost with the instance that was taking it).
+   */
+  private async clusterTick(): Promise<void> {
+    if (this.stopping) return;
+    const now = Date.now();
+    if (this.redis.status === 'ready' && this.vantage) {
+      const views = [...this.ownViews(vantageProbeIds(this.config))].map(([probe, report]) => ({ probe, report }));
+      await this.vantage.publish(views).catch((err: Error) => this.log.debug({ err: err.message }, 'vantage views not published'));
+    }
+    if (!this.shared) return;
+    const ready = this.queueConnection?.status === 'ready';
+    if (ready) this.sharing.awaySince = 0;
+    else this.sharing.awaySince ||= now;
+    if (!ready && now - this.sharing.awaySince >= 2000) this.setSharing(false);
+    else if (ready) this.setSharing(true);
+    if (!this.sharing.on || !this.lease?.leading) return;
+    for (const p of this.sharedProbes()) {
+      const last = Math.max(this.monitor.state(p.id)?.last?.startedAt ?? 0, this.sharing.since, this.sharing.rescheduled.get(p.id) ?? 0);
+      if (now - last <= freshFor(p) + 1000) continue;
+      this.sharing.rescheduled.set(p.id, now);
+      this.log.warn({ probe: p.id, silentSeconds: (now - last) / 1000 }, 'shared probe silent for two intervals: its scheduler is put back');
+      await this.shared.schedule(p).catch((err: Error) => this.log.warn({ probe: p.id, err: err.message }, 'shared probe not rescheduled'));
+    }
   }
 
   /** Queues an election's or deposition's work behind the previous one's. */
@@ -394,13 +486,17 @@ export class Daemon {
         if (now !== was) this.log.warn({ key }, 'this setting changes only at restart; the running value is kept');
       }
       redactor.set([...next.secrets]);
-      this.monitor.apply(next);
       this.config = next;
+      this.everywhere = failoverProbeIds(next);
+      this.shared?.setProbes(this.sharedProbes());
+      this.monitor.apply(next);
       // The leader owns the schedulers; another instance leaves them to it.
-      if (this.lease?.leading ?? true)
+      if (this.lease?.leading ?? true) {
         await this.restoreTests
           ?.applySchedules()
           .catch((err: Error) => this.log.error({ err: err.message }, 'restore-test schedules not applied'));
+        await this.shared?.applySchedules().catch((err: Error) => this.log.error({ err: err.message }, 'shared probe schedules not applied'));
+      }
       this.log.level = next.daemon.logLevel;
       this.metrics.configReloadSuccess.set(1);
       this.metrics.configReloadTimestamp.set(Date.now() / 1000);
@@ -424,6 +520,9 @@ export class Daemon {
     this.log.info({ graceSeconds: this.config.daemon.shutdownGraceMs / 1000 }, 'stopping');
     this.stopping = true;
     this.incidents?.stop();
+    clearInterval(this.clusterTimer);
+    await this.vantage?.withdraw(vantageProbeIds(this.config)).catch(() => undefined);
+    await this.shared?.close();
     await this.monitor.stop(this.config.daemon.shutdownGraceMs);
     await this.http.close();
     await this.restoreTests?.close();
@@ -457,7 +556,19 @@ export class Daemon {
       startedAt: this.startedAt.toISOString(),
       // Several instances may share the Redis: which one this is, and who decides (as this one last saw it).
       ...(this.lease
-        ? { cluster: { instance: this.lease.instanceId, leading: this.lease.leading, leader: this.lease.knownLeader ?? null } }
+        ? {
+            cluster: {
+              instance: this.lease.instanceId,
+              leading: this.lease.leading,
+              leader: this.lease.knownLeader ?? null,
+              probes: {
+                distribution: this.config.daemon.probeDistribution ?? 'local',
+                sharing: this.sharing.on,
+                scheduledHere: this.monitor.scheduledHere,
+                sharedRunningHere: this.shared?.running ?? 0,
+              },
+            },
+          }
         : {}),
       config: { file: this.config.file, lastReload: this.lastReload },
       sites: Object.entries(this.config.sites).map(([id, s]) => ({

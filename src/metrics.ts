@@ -245,6 +245,21 @@ export class Metrics {
     "The fencing token of this instance's current or last leadership (the leader epoch when it was elected).",
     [],
   );
+  readonly probeSharing = this.gauge(
+    'continuity_probe_sharing',
+    'Whether this instance shares probes out through the cluster queue (1), or runs every probe itself (0: probe_distribution local, or the queue unreachable).',
+    [],
+  );
+  readonly probesScheduledHere = this.gauge(
+    'continuity_probes_scheduled_here',
+    "Probes this instance's own scheduler runs (every probe, or, while sharing, those a failover policy relies on: they run from every instance).",
+    [],
+  );
+  readonly vantageInstances = this.gauge(
+    'continuity_vantage_instances',
+    'At the last failover decision of a service: instances with a fresh view of its primary_down probes, by what they saw (down or up).',
+    ['service', 'view'],
+  );
 
   constructor(version: string) {
     collectDefaultMetrics({ register: this.registry });

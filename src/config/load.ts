@@ -47,6 +47,8 @@ export interface DaemonSettings {
   instanceId?: string;
   /** The leader lease (always set by loadConfig). */
   leaderLeaseMs?: number;
+  /** Whether instances share the probes out through the cluster queue. */
+  probeDistribution?: 'local' | 'shared';
 }
 
 /** Incident notifications (config `notifications:`). */
@@ -87,6 +89,8 @@ export interface FailoverPolicy {
   primaryDb?: string;
   verify: string;
   cooldownMs: number;
+  /** Instances that must see the primary DOWN (services.<id>.failover.vantage_quorum). */
+  vantageQuorum: 'majority' | 'all' | number;
   inputs: Record<string, string | number | boolean>;
   /** Inputs that replace `inputs` in a drill (e.g. a staging HAProxy). */
   drillInputs?: Record<string, string | number | boolean>;
@@ -235,6 +239,7 @@ export function loadConfig(configPath: string, opts: LoadOptions = {}): Config {
     runbookLockDurationMs: durationOr(d.runbook_lock_duration, 30_000),
     instanceId: typeof d.instance_id === 'string' && /^\S+$/.test(d.instance_id) ? d.instance_id : defaultInstanceId(),
     leaderLeaseMs: durationOr(d.leader_lease, 10_000),
+    probeDistribution: d.probe_distribution === 'shared' ? 'shared' : 'local',
     ...(isObject(d.redis_sentinel) && Array.isArray(d.redis_sentinel.sentinels)
       ? {
           redisSentinel: {
@@ -313,6 +318,7 @@ export function loadConfig(configPath: string, opts: LoadOptions = {}): Config {
         primary_db?: string;
         verify: string;
         cooldown: string;
+        vantage_quorum?: 'majority' | 'all' | number;
         inputs?: Record<string, string | number | boolean>;
         drill_inputs?: Record<string, string | number | boolean>;
       };
@@ -343,6 +349,7 @@ export function loadConfig(configPath: string, opts: LoadOptions = {}): Config {
               primaryDb: svc.failover.primary_db,
               verify: svc.failover.verify,
               cooldownMs: durationOr(svc.failover.cooldown, 1_800_000),
+              vantageQuorum: svc.failover.vantage_quorum ?? 'majority',
               inputs: svc.failover.inputs ?? {},
               ...(isObject(svc.failover.drill_inputs) ? { drillInputs: svc.failover.drill_inputs } : {}),
             },

@@ -84,6 +84,13 @@ export const DaemonSchema = Type.Object(
         { default: '10s' },
       ),
     ),
+    probe_distribution: Type.Optional(
+      Type.Union([Type.Literal('local'), Type.Literal('shared')], {
+        default: 'local',
+        description:
+          'local (default): this instance runs every probe. shared: instances sharing the Redis share the probes out through a BullMQ queue, each run once per interval across the cluster; the probes a failover policy relies on still run from every instance (independent vantage points), and every probe runs here again while the queue is unreachable.',
+      }),
+    ),
     redis_sentinel: Type.Optional(
       Type.Object(
         {
@@ -140,6 +147,14 @@ export const FailoverSchema = Type.Object(
     primary_db: Type.Optional(Id('The postgres probe of the primary: its last WAL position gives the data lost (RPO achieved).')),
     verify: Id('The probe of the public endpoint at the DR site: the incident closes when it is UP after the failover.'),
     cooldown: Type.Optional(Duration('No new failover of this service within this time after the last one.', { default: '30m' })),
+    vantage_quorum: Type.Optional(
+      Type.Union([Type.Literal('majority'), Type.Literal('all'), Type.Integer({ minimum: 1, maximum: 100 })], {
+        default: 'majority',
+        errorMessage: 'must be majority, all, or a number of instances from 1 to 100',
+        description:
+          'How many Continuity instances (each a vantage point, among those with a fresh view of the primary_down probes) must see the primary DOWN before a failover: majority (default), all, or a number. Fewer: the monitor path is degraded, no failover.',
+      }),
+    ),
     inputs: Type.Optional(
       Type.Record(Type.String({ pattern: '^[a-z_][a-z0-9_]{0,62}$' }), Type.Union([Type.String(), Type.Number(), Type.Boolean()]), {
         description: 'Inputs of the runbook.',

@@ -23,8 +23,8 @@ export interface ProbeStatus {
 const iso = (ms: number) => new Date(ms).toISOString();
 const up = (v: Verdict) => (v === 'UNKNOWN' ? undefined : v === 'DOWN' ? 0 : 1);
 
-/** Observed values worth keeping in the status API: scalars only, long strings cut. */
-function summarize(observed: Record<string, unknown>): Record<string, unknown> {
+/** Observed values worth keeping in the status API (and sending to other instances): scalars only, long strings cut. */
+export function summarize(observed: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(observed)) {
     if (typeof v === 'string') out[k] = v.length > 200 ? v.slice(0, 200) + '…' : v;
@@ -49,6 +49,8 @@ export class Monitor {
   /** A state changed since verdicts were last computed: they are recomputed once per batch of changes. */
   private stale = false;
   private readonly listeners = new Set<(v: Verdicts) => void>();
+  /** Which probes this instance's own scheduler runs (the rest are shared out through the cluster). */
+  private local: (p: ProbeConfig) => boolean = () => true;
 
   constructor(
     config: Config,
@@ -61,7 +63,7 @@ export class Monitor {
     this.scheduler = new Scheduler({
       maxConcurrent: config.daemon.maxConcurrentProbes,
       stateDir: config.daemon.stateDir,
-      onResult: (r) => this.record(r),
+      onResult: (r) => this.record(r, true),
       onSkip: (p) => {
         this.metrics.probeSkipped.inc({ probe: p.id });
         this.log.warn({ probe: p.id }, 'probe run skipped: the previous run is still going');
@@ -101,8 +103,27 @@ export class Monitor {
     this.metrics.probesConfigured.set(config.probes.length);
     this.config = config;
     this.index = new VerdictIndex(config, this.activeSites);
-    this.scheduler.setProbes(config.probes);
+    this.scheduler.setProbes(config.probes.filter((p) => this.local(p)));
+    this.metrics.probesScheduledHere.set(this.scheduler.size);
     this.updateVerdicts();
+  }
+
+  /**
+   * Which probes the local scheduler runs: all of them (the default, and whenever the cluster's
+   * queue is unreachable), or those not shared out. Probes that keep their place keep their plan.
+   */
+  runLocally(filter: (p: ProbeConfig) => boolean): void {
+    this.local = filter;
+    this.scheduler.setProbes(this.config.probes.filter((p) => filter(p)));
+    this.metrics.probesScheduledHere.set(this.scheduler.size);
+  }
+
+  /**
+   * A result of a shared probe: run here (`mine`: it counts in this instance's run counters and
+   * schedule lag) or by another instance (it moves states and verdicts all the same).
+   */
+  recordShared(probe: ProbeConfig, result: ProbeResult, planned: number, mine: boolean): void {
+    this.record({ probe, result, lagSeconds: Math.max(0, result.startedAt - planned) / 1000 }, mine);
   }
 
   /** Moves a service's verdict to another site (a failover did it); verdicts follow at once. */
@@ -163,6 +184,11 @@ export class Monitor {
     });
   }
 
+  /** Probes the local scheduler runs. */
+  get scheduledHere(): number {
+    return this.scheduler.size;
+  }
+
   /** Probe runs in progress. */
   get running(): number {
     return this.scheduler.running;
@@ -173,14 +199,19 @@ export class Monitor {
     return this.scheduler.stop(graceMs);
   }
 
-  private record({ probe, result, lagSeconds }: RunReport): void {
+  private record({ probe, result, lagSeconds }: RunReport, mine: boolean): void {
     const state = this.states.get(probe.id);
     if (!state) return; // removed by a reload while it ran
+    // A result older than the one held (a shared run that arrived late) changes nothing.
+    if (state.last && result.startedAt < state.last.startedAt) return;
     const m = this.metrics;
-    m.scheduleLag.observe(lagSeconds);
-    m.probeDuration.observe({ kind: probe.kind }, result.durationSeconds);
+    if (mine) {
+      // Runs of this instance only: summed over the instances, they count each run once.
+      m.scheduleLag.observe(lagSeconds);
+      m.probeDuration.observe({ kind: probe.kind }, result.durationSeconds);
+      m.probeRuns.inc({ probe: probe.id, result: result.ok ? 'success' : 'failure' });
+    }
     m.probeSuccess.set({ probe: probe.id, kind: probe.kind, site: probe.site }, result.ok ? 1 : 0);
-    m.probeRuns.inc({ probe: probe.id, result: result.ok ? 'success' : 'failure' });
     m.probeLastRun.set({ probe: probe.id }, result.startedAt / 1000);
     this.observe(probe, result);
     const t = state.record(result);

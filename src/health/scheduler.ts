@@ -2,7 +2,18 @@ import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { ProbeConfig } from '../config/load.js';
 import { probers } from '../probers/index.js';
-import { runProbe, type ProbeResult } from '../probers/run.js';
+import { runProbe, type ProbeResult, type RunnableProbe } from '../probers/run.js';
+
+/** What the runner needs of a configured probe (the local scheduler and shared runs both use it). */
+export function runnableProbe(probe: ProbeConfig): RunnableProbe {
+  return {
+    id: probe.id,
+    prober: probers[probe.kind] as never,
+    settings: probe.settings,
+    timeoutMs: probe.timeoutMs,
+    conditions: probe.conditions,
+  };
+}
 
 /** What the scheduler reports for every run. */
 export interface RunReport {
@@ -147,16 +158,7 @@ export class Scheduler {
     this.active++;
     entry.running = true;
     const probe = entry.probe;
-    const run = runProbe(
-      {
-        id: probe.id,
-        prober: probers[probe.kind] as never,
-        settings: probe.settings,
-        timeoutMs: probe.timeoutMs,
-        conditions: probe.conditions,
-      },
-      { stateDir: this.opts.stateDir, signal: this.abort.signal },
-    ).then((result) => {
+    const run = runProbe(runnableProbe(probe), { stateDir: this.opts.stateDir, signal: this.abort.signal }).then((result) => {
       entry.running = false;
       this.active--;
       if (!entry.removed) this.opts.onResult({ probe, result, lagSeconds: Math.max(0, result.startedAt - planned) / 1000 });

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { FencedError, fencedWrite } from '../cluster/fence.js';
+import { requiredVotes, type VantageViews } from '../cluster/vantage.js';
 import type { Config, Service } from '../config/load.js';
 import { formatDuration } from '../duration.js';
 import type { Monitor } from '../health/monitor.js';
@@ -108,6 +109,11 @@ export interface IncidentOptions {
    * write is refused. Without it (one instance), this manager always decides, unfenced.
    */
   lease?: { token: number | undefined; holder(): Promise<{ instanceId: string } | undefined> };
+  /**
+   * Every instance's fresh view of a service's primary_down probes (the vantage board). Without it
+   * (or when it cannot be read), this instance is the only vantage point among the monitors.
+   */
+  vantage?: (probes: string[]) => Promise<VantageViews>;
 }
 
 const KEY = '{continuity}:incidents';
@@ -559,6 +565,14 @@ export class IncidentManager {
       ...down.map((id) => `${id} DOWN ${m.state(id)!.failureThreshold}/${m.state(id)!.failureThreshold}`),
       ...alerts.map((a) => `alert ${a.alertname} firing (${a.source})`),
     ].join(', ');
+    // The other Continuity instances: how many have a fresh view of the primary, how many see it DOWN.
+    const views = down.length && this.opts.vantage ? await this.opts.vantage(f.primaryDown).catch(() => undefined) : undefined;
+    const monitors = views && views.instances.length > 0 ? views : undefined;
+    if (monitors) {
+      this.opts.metrics.vantageInstances.set({ service: svc.id, view: 'down' }, monitors.down.length);
+      this.opts.metrics.vantageInstances.set({ service: svc.id, view: 'up' }, monitors.instances.length - monitors.down.length);
+    }
+    const onInstances = monitors && monitors.instances.length > 1 ? ` on ${monitors.down.length} of ${monitors.instances.length} instances` : '';
     const replica = m.state(f.replica);
     const ro = replica?.last?.observed ?? {};
     const streaming = ro.wal_receiver_streaming === true;
@@ -569,8 +583,9 @@ export class IncidentManager {
     const evidence: Record<string, unknown> = {
       down,
       ...(alerts.length ? { alerts: alerts.map((a) => ({ alertname: a.alertname, fingerprint: a.fingerprint, source: a.source })) } : {}),
-      // This monitor (when a probe is DOWN), the alert's sender (another monitor), the replica.
-      vantagePoints: (down.length ? 1 : 0) + (alerts.length ? 1 : 0) + (replica?.last ? 1 : 0),
+      // The instances that see a probe DOWN (at least this one), the alert's sender (another monitor), the replica.
+      vantagePoints: (down.length ? Math.max(1, monitors?.down.length ?? 1) : 0) + (alerts.length ? 1 : 0) + (replica?.last ? 1 : 0),
+      ...(monitors ? { instances: monitors.instances, instancesSeeingDown: monitors.down, vantageQuorum: f.vantageQuorum } : {}),
       replica: f.replica,
       replicaState: replica?.state,
       replicaStreaming: streaming,
@@ -604,6 +619,20 @@ export class IncidentManager {
         `${svc.id}: ${downDesc}; last failover ${formatDuration(now - last)} ago, within the ${formatDuration(f.cooldownMs)} cool-down: no action`,
       );
     }
+    if (monitors) {
+      const need = requiredVotes(f.vantageQuorum, monitors.instances.length);
+      const k = monitors.down.length;
+      const n = monitors.instances.length;
+      const reaching = monitors.reaching;
+      // Reaching instances that would leave the quorum out of reach even if every other one saw it DOWN.
+      if (k < need && n - reaching.length < need)
+        return say(
+          'none',
+          `${svc.id}: monitor path degraded: ${downDesc} on ${k} of ${n} instances, but ${reaching.join(', ')} still ${reaching.length > 1 ? 'reach' : 'reaches'} the primary (quorum ${f.vantageQuorum}: ${need}): no failover`,
+        );
+      if (k < need)
+        return say('wait', `${svc.id}: ${downDesc} on ${k} of ${n} instances; quorum ${f.vantageQuorum} needs ${need}: waiting for more instances`);
+    }
     if (!replica?.last)
       return say('wait', `${svc.id}: ${downDesc}; no result yet from replica ${f.replica}: waiting for a second vantage point`);
     if (replica.state === 'DOWN')
@@ -627,7 +656,7 @@ export class IncidentManager {
     const risk = rpoGuard
       ? `; RPO guard: lag ${lagSeconds.toFixed(1)} s is over the RPO ${formatDuration(svc.rpoMs)}, accept up to ${Math.ceil(lagSeconds)} s of data loss`
       : '';
-    const sentence = `${svc.id}: ${downDesc} from ${evidence.vantagePoints} vantage points; replica ${f.replica} ${lost}, lag ${lagBytes} B${risk}; ${needApproval ? 'awaiting approval for' : 'running'} ${f.runbook} v${f.version}`;
+    const sentence = `${svc.id}: ${downDesc}${onInstances} from ${evidence.vantagePoints} vantage points; replica ${f.replica} ${lost}, lag ${lagBytes} B${risk}; ${needApproval ? 'awaiting approval for' : 'running'} ${f.runbook} v${f.version}`;
 
     const executor = this.opts.executor();
     if (!executor) return say('wait', `${svc.id}: ${downDesc}; runbooks unavailable (Redis unreachable): waiting`);

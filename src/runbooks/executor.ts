@@ -113,6 +113,13 @@ export class Executor {
   private readonly controllers = new Map<string, AbortController>();
   /** The fencing token each execution being processed here writes with. */
   private readonly tokens = new Map<string, number>();
+  /**
+   * The run of each execution in progress in this process. BullMQ hands a job whose lock lapsed
+   * (an event loop stalled past lockDuration) to a worker again, possibly this very one while the
+   * first run still goes: the second waits for the first, then resumes from the store, so no two
+   * runs of one execution ever advance side by side here.
+   */
+  private readonly runs = new Map<string, Promise<void>>();
 
   constructor(private readonly opts: ExecutorOptions) {
     this.queue = new Queue(RUNBOOK_QUEUE, { connection: opts.connection, prefix: QUEUE_PREFIX });
@@ -383,6 +390,17 @@ export class Executor {
 
   private async process(job: Job, token?: string): Promise<void> {
     const id = (job.data as { id: string }).id;
+    for (let before = this.runs.get(id); before; before = this.runs.get(id)) await before.catch(() => undefined);
+    const run = this.processAlone(job, token, id);
+    this.runs.set(id, run);
+    try {
+      await run;
+    } finally {
+      if (this.runs.get(id) === run) this.runs.delete(id);
+    }
+  }
+
+  private async processAlone(job: Job, token: string | undefined, id: string): Promise<void> {
     const rec = await this.store.get(id);
     if (!rec || TERMINAL.has(rec.status)) return;
     const log = this.opts.log.child({ execution: id, runbook: rec.runbook, version: rec.version, mode: rec.mode });
@@ -425,7 +443,14 @@ export class Executor {
   /** Parks the job until `until`; wakes itself if an answer came while it was parking. */
   private async park(job: Job, token: string | undefined, id: string, until: number): Promise<never> {
     const before = await this.answersSignature(id);
-    await job.moveToDelayed(until, token);
+    try {
+      await job.moveToDelayed(until, token);
+    } catch (err) {
+      // The lock lapsed and the job went back to the queue (or to another worker): whoever holds
+      // it now resumes from the store. The execution itself has not failed.
+      this.opts.log.warn({ execution: id, err: reasonOf(err) }, 'could not park the job (its lock was lost); it resumes elsewhere');
+      throw new DelayedError();
+    }
     if ((await this.answersSignature(id)) !== before) await job.promote().catch(() => undefined);
     throw new DelayedError();
   }

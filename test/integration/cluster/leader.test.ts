@@ -155,13 +155,13 @@ describe('several instances against one Redis', () => {
     expect(leader).toBe(a);
     // Each instance's status says which one it is and who leads.
     const statusOf = async (inst: Instance) => (await (await fetch(`http://127.0.0.1:${inst.port}/api/v1/status`)).json()).cluster;
-    expect(await statusOf(a)).toEqual({ instance: 'inst-a', leading: true, leader: 'inst-a' });
+    expect(await statusOf(a)).toMatchObject({ instance: 'inst-a', leading: true, leader: 'inst-a' });
     expect(
       await until('the follower sees the leader', async () => {
         const c = await statusOf(b);
         return c.leader === 'inst-a' ? c : undefined;
       }),
-    ).toEqual({ instance: 'inst-b', leading: false, leader: 'inst-a' });
+    ).toMatchObject({ instance: 'inst-b', leading: false, leader: 'inst-a' });
     try {
       // Any instance takes the request (it only enqueues); the leader runs it.
       const started = await api(follower, 'POST', '/api/v1/runbooks/five/executions', { idempotency_key: 'leader-kill' });
