@@ -477,6 +477,7 @@ export class Daemon {
           `${this.config.daemon.listenHost}:${this.config.daemon.listenPort}`,
         ],
         ['daemon.redis_url', next.daemon.redisUrl, this.config.daemon.redisUrl],
+        ['daemon.redis_cluster', JSON.stringify(next.daemon.redisCluster ?? null), JSON.stringify(this.config.daemon.redisCluster ?? null)],
         [
           'daemon.redis_sentinel',
           JSON.stringify(next.daemon.redisSentinel ?? null),

@@ -35,6 +35,8 @@ export interface DaemonSettings {
   redisUrl: string;
   /** Redis through Sentinel: the master group and its sentinels. */
   redisSentinel?: { name: string; sentinels: Array<{ host: string; port: number }> };
+  /** A Redis Cluster's seed nodes (daemon.redis_cluster). */
+  redisCluster?: Array<{ host: string; port: number }>;
   logLevel: string;
   probesDir: string;
   runbooksDir: string;
@@ -240,6 +242,14 @@ export function loadConfig(configPath: string, opts: LoadOptions = {}): Config {
     instanceId: typeof d.instance_id === 'string' && /^\S+$/.test(d.instance_id) ? d.instance_id : defaultInstanceId(),
     leaderLeaseMs: durationOr(d.leader_lease, 10_000),
     probeDistribution: d.probe_distribution === 'shared' ? 'shared' : 'local',
+    ...(isObject(d.redis_cluster) && Array.isArray(d.redis_cluster.nodes)
+      ? {
+          redisCluster: d.redis_cluster.nodes.map((hp) => {
+            const m = /^\[?(.*?)\]?:(\d+)$/.exec(String(hp)) ?? ['', '127.0.0.1', '6379'];
+            return { host: m[1]!, port: Number(m[2]) };
+          }),
+        }
+      : {}),
     ...(isObject(d.redis_sentinel) && Array.isArray(d.redis_sentinel.sentinels)
       ? {
           redisSentinel: {
@@ -273,6 +283,14 @@ export function loadConfig(configPath: string, opts: LoadOptions = {}): Config {
       line: lineOf(['daemon', 'listen']),
       path: 'daemon.listen',
       message: `port ${daemon.listenPort} is over 65535`,
+    });
+  }
+  if (daemon.redisCluster && daemon.redisSentinel) {
+    issues.push({
+      file: name,
+      line: lineOf(['daemon', 'redis_cluster']),
+      path: 'daemon.redis_cluster',
+      message: 'redis_cluster and redis_sentinel cannot both be set: a Redis Cluster fails over by itself',
     });
   }
   if ((daemon.leaderLeaseMs ?? 10_000) < 1000) {

@@ -91,6 +91,24 @@ export const DaemonSchema = Type.Object(
           'local (default): this instance runs every probe. shared: instances sharing the Redis share the probes out through a BullMQ queue, each run once per interval across the cluster; the probes a failover policy relies on still run from every instance (independent vantage points), and every probe runs here again while the queue is unreachable.',
       }),
     ),
+    redis_cluster: Type.Optional(
+      Type.Object(
+        {
+          nodes: Type.Array(
+            Type.String({
+              pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$',
+              errorMessage: 'must be host:port, e.g. 10.0.1.7:6379',
+            }),
+            { minItems: 1, description: 'Some nodes of the cluster, host:port: the rest are discovered from them.' },
+          ),
+        },
+        {
+          additionalProperties: false,
+          description:
+            'Reach a Redis Cluster: every key and queue Continuity uses is hash-tagged ({continuity}, {continuity-probes}), so each set lives in one slot. redis_url then gives only the password, user and TLS. Not together with redis_sentinel.',
+        },
+      ),
+    ),
     redis_sentinel: Type.Optional(
       Type.Object(
         {
