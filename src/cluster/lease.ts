@@ -173,6 +173,12 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
       this.retry.unref();
       return;
     }
+    // The new epoch on a replica before anything is written under it: were Redis to fail over now,
+    // the promoted replica would not hand the same token out again (an old leader could use it).
+    const replicated = await this.replicated();
+    if (this.stopped) return;
+    if (replicated === false)
+      this.opts.log.warn({ token }, 'leader: the new epoch reached no replica in time; a Redis failover now could issue it again');
     this.value = `${this.opts.instanceId} ${token} ${this.host} ${process.pid} ${PROCESS_NONCE}`;
     this.token = token;
     this.lost = undefined;
@@ -180,6 +186,24 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
     this.opts.log.info({ instance: this.opts.instanceId, token }, 'leader: elected');
     this.opts.onChange?.(true, token);
     this.emit('elected', token);
+  }
+
+  /**
+   * Waits (WAIT 1, at most a third of the lease, capped at 1 s) until a replica has what was
+   * written, where the Redis has replicas. Undefined where that cannot be known (no replica, a
+   * Redis Cluster client, INFO refused), false when no replica acknowledged in time.
+   */
+  private async replicated(): Promise<boolean | undefined> {
+    const redis = this.opts.redis as Redis & { isCluster?: boolean };
+    if (redis.isCluster) return undefined;
+    try {
+      const info = await redis.info('replication');
+      const replicas = Number(/^connected_slaves:(\d+)/m.exec(info)?.[1] ?? 0);
+      if (replicas === 0) return undefined;
+      return (await redis.wait(1, Math.min(1000, Math.floor(this.opts.leaseMs / 3)))) >= 1;
+    } catch {
+      return undefined;
+    }
   }
 
   /**
