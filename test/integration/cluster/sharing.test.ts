@@ -23,6 +23,14 @@ import { until } from '../../helpers/until.js';
 const VIEWER = 'tok-sharing-viewer-0123456789';
 const SHARED = ['s1', 's2', 's3', 's4', 's5', 's6'];
 const INTERVAL_MS = 1000;
+/** What every instance's config has after `daemon:`, but the services. */
+const CLUSTER_REST = `auth:
+  tokens:
+    - { name: vera, sha256: ${hashToken(VIEWER)}, roles: [viewer] }
+sites:
+  p: { role: primary }
+  d: { role: dr }
+`;
 
 interface Instance {
   name: string;
@@ -81,6 +89,15 @@ describe('probes shared out across instances', () => {
     await redis?.stop();
   });
 
+  /** The `daemon:` block of one instance, on its own database of the private Redis. */
+  const daemonConfig = (name: string, port: number, db: number) => `daemon:
+  listen: 127.0.0.1:${port}
+  redis_url: ${redis.url}/${db}
+  state_dir: ../var
+  shutdown_grace: 1s
+  instance_id: ${name}
+  leader_lease: 2s
+`;
   const spawnDaemon = (name: string, configPath: string, port: number): Instance => {
     const child = spawn('node', ['bin/continuity.js', 'daemon', '-c', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(child);
@@ -123,22 +140,7 @@ describe('probes shared out across instances', () => {
     for (const name of ['share-a', 'share-b', 'share-c']) {
       const port = await closedPort();
       const cfg = writeConfig({
-        config: `daemon:
-  listen: 127.0.0.1:${port}
-  redis_url: ${redis.url}/1
-  state_dir: ../var
-  shutdown_grace: 1s
-  instance_id: ${name}
-  leader_lease: 2s
-  probe_distribution: shared
-auth:
-  tokens:
-    - { name: vera, sha256: ${hashToken(VIEWER)}, roles: [viewer] }
-sites:
-  p: { role: primary }
-  d: { role: dr }
-services: {}
-`,
+        config: `${daemonConfig(name, port, 1)}  probe_distribution: shared\n${CLUSTER_REST}services: {}\n`,
         probes: { 'web.yaml': `probes:\n${probes}` },
       });
       mkdirSync(join(cfg.dir, 'runbooks'), { recursive: true });
@@ -222,6 +224,12 @@ services: {}
         expect(n, `${id} ran ${n} times in ${WINDOW} ms after Redis came back`).toBeGreaterThanOrEqual(WINDOW / INTERVAL_MS - 2);
         expect(n, `${id} ran ${n} times in ${WINDOW} ms after Redis came back`).toBeLessThanOrEqual(WINDOW / INTERVAL_MS + 2);
       }
+      // And every survivor hears of every run again (its queue events came back with Redis).
+      for (const inst of survivors) {
+        const probes = (await get(inst, '/api/v1/status')).probes as Array<{ id: string; last?: { at: string } }>;
+        for (const p of probes)
+          expect(Date.now() - Date.parse(p.last!.at), `${inst.name}: last result of ${p.id}`).toBeLessThan(3 * INTERVAL_MS);
+      }
     } catch (err) {
       for (const i of instances) process.stderr.write(`--- ${i.name}\n${i.output().slice(-4000)}\n`);
       throw err;
@@ -247,20 +255,7 @@ services: {}
     for (const [k, name] of ['vantage-a', 'vantage-b'].entries()) {
       const port = await closedPort();
       const cfg = writeConfig({
-        config: `daemon:
-  listen: 127.0.0.1:${port}
-  redis_url: ${redis.url}/2
-  state_dir: ../var
-  shutdown_grace: 1s
-  instance_id: ${name}
-  leader_lease: 2s
-auth:
-  tokens:
-    - { name: vera, sha256: ${hashToken(VIEWER)}, roles: [viewer] }
-sites:
-  p: { role: primary }
-  d: { role: dr }
-services:
+        config: `${daemonConfig(name, port, 2)}${CLUSTER_REST}services:
   orders:
     failover:
       runbook: hold
