@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -8,8 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { VANTAGE_KEY } from '../../../src/cluster/vantage.js';
 import { hashToken } from '../../../src/http/auth.js';
-import { writeConfig } from '../../helpers/config.js';
-import { closedPort } from '../../helpers/net.js';
+import { daemonCluster, type DaemonCluster, type DaemonInstance as Instance } from '../../helpers/daemons.js';
 import { startRedisServer, type TestRedisServer } from '../../helpers/redis-server.js';
 import { until } from '../../helpers/until.js';
 
@@ -23,6 +21,18 @@ import { until } from '../../helpers/until.js';
 const VIEWER = 'tok-sharing-viewer-0123456789';
 const SHARED = ['s1', 's2', 's3', 's4', 's5', 's6'];
 const INTERVAL_MS = 1000;
+/** Stands in for a failover runbook: it only waits. */
+const HOLD = `name: hold
+version: 1
+description: Waits; stands in for a failover runbook.
+timeout: 10m
+steps:
+  - id: wait
+    kind: sleep
+    timeout: 2m
+    idempotent: true
+    sleep: { duration: 60s }
+`;
 /** What every instance's config has after `daemon:`, but the services. */
 const CLUSTER_REST = `auth:
   tokens:
@@ -31,14 +41,6 @@ sites:
   p: { role: primary }
   d: { role: dr }
 `;
-
-interface Instance {
-  name: string;
-  port: number;
-  child: ChildProcess;
-  exited: Promise<unknown>;
-  output(): string;
-}
 
 /** An HTTP target that remembers when each path was asked for. */
 async function countingServer(): Promise<{ url: string; hits: Map<string, number[]>; close(): Promise<void> }> {
@@ -74,54 +76,59 @@ function longestGap(hits: number[] | undefined, from: number, to: number): numbe
 describe('probes shared out across instances', () => {
   let redis: TestRedisServer;
   let target: Awaited<ReturnType<typeof countingServer>>;
-  const children = new Set<ChildProcess>();
+  const clusters: DaemonCluster[] = [];
 
   beforeAll(async () => {
     redis = await startRedisServer({ appendonly: true });
     target = await countingServer();
   });
   afterAll(async () => {
-    for (const c of children) {
-      c.kill('SIGCONT');
-      c.kill('SIGKILL');
-    }
+    for (const c of clusters) await c.close();
     await target?.close();
     await redis?.stop();
   });
 
-  /** The `daemon:` block of one instance, on its own database of the private Redis. */
-  const daemonConfig = (name: string, port: number, db: number) => `daemon:
-  listen: 127.0.0.1:${port}
+  /** Instances on their own database of the private Redis, started one after the other (the first leads). */
+  const startInstances = async (
+    names: string[],
+    db: number,
+    extra: string,
+    services: string,
+    probes: (k: number) => string,
+    runbooks: Record<string, string> = {},
+  ) => {
+    const cluster = await daemonCluster({
+      names,
+      token: VIEWER,
+      config: (ctx) => `daemon:
+  listen: 127.0.0.1:${ctx.port}
   redis_url: ${redis.url}/${db}
   state_dir: ../var
   shutdown_grace: 1s
-  instance_id: ${name}
+  instance_id: ${ctx.instanceId}
   leader_lease: 2s
-`;
-  const spawnDaemon = (name: string, configPath: string, port: number): Instance => {
-    const child = spawn('node', ['bin/continuity.js', 'daemon', '-c', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    let out = '';
-    child.stdout!.on('data', (d) => (out = (out + d).slice(-200_000)));
-    child.stderr!.on('data', (d) => (out = (out + d).slice(-200_000)));
-    const exited = new Promise((r) => child.on('exit', (code, signal) => r(signal ?? code)));
-    return { name, port, child, exited, output: () => out };
+${extra}${CLUSTER_REST}${services}`,
+      probes: (ctx) => ({ 'probes.yaml': `probes:\n${probes(ctx.index)}` }),
+      prepare: (ctx) => {
+        mkdirSync(join(ctx.dir, 'runbooks'), { recursive: true });
+        for (const [file, text] of Object.entries(runbooks)) {
+          mkdirSync(join(ctx.dir, 'runbooks', file, '..'), { recursive: true });
+          writeFileSync(join(ctx.dir, 'runbooks', file), text);
+        }
+      },
+    });
+    clusters.push(cluster);
+    for (const inst of cluster.instances) await inst.start().up(60_000);
+    return cluster;
   };
-  const fetchFrom = (inst: Instance, path: string) =>
-    fetch(`http://127.0.0.1:${inst.port}${path}`, { headers: { authorization: `Bearer ${VIEWER}` }, signal: AbortSignal.timeout(10_000) });
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- an API answer, read loosely by the test
-  const get = async (inst: Instance, path: string): Promise<any> => (await fetchFrom(inst, path)).json();
+  /** A metric summed over its series (those with `labels` only, when given). */
   const metric = async (inst: Instance, name: string, labels = ''): Promise<number> => {
-    const text = await (await fetchFrom(inst, '/metrics')).text();
+    const text = await (await fetch(`${inst.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
     const esc = labels.replace(/[{}]/g, (c) => `\\${c}`);
     return [...text.matchAll(new RegExp(`^${name}${esc ? esc : '(?:\\{[^}]*\\})?'} (\\S+)$`, 'gm'))].reduce((a, m) => a + Number(m[1]), 0);
   };
-  const up = (inst: Instance) =>
-    until(
-      `${inst.name} up`,
-      async () => ((await fetch(`http://127.0.0.1:${inst.port}/healthz`).catch(() => undefined))?.ok ? true : undefined),
-      60_000,
-    );
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- an API answer, read loosely by the test
+  const get = (inst: Instance, path: string) => inst.api<any>('GET', path);
   const states = async (inst: Instance) =>
     Object.fromEntries(((await get(inst, '/api/v1/status')).probes as Array<{ id: string; state: string }>).map((p) => [p.id, p.state]));
 
@@ -136,21 +143,15 @@ describe('probes shared out across instances', () => {
     http: { url: '${target.url}/${id}' }
 `,
     ).join('');
-    const instances: Instance[] = [];
-    for (const name of ['share-a', 'share-b', 'share-c']) {
-      const port = await closedPort();
-      const cfg = writeConfig({
-        config: `${daemonConfig(name, port, 1)}  probe_distribution: shared\n${CLUSTER_REST}services: {}\n`,
-        probes: { 'web.yaml': `probes:\n${probes}` },
-      });
-      mkdirSync(join(cfg.dir, 'runbooks'), { recursive: true });
-      const inst = spawnDaemon(name, cfg.configPath, port);
-      instances.push(inst);
-      await up(inst); // one after the other: the first leads and owns the schedulers
-    }
-    const [a, b, c] = instances as [Instance, Instance, Instance];
+    const { instances } = await startInstances(
+      ['share-a', 'share-b', 'share-c'],
+      1,
+      '  probe_distribution: shared\n',
+      'services: {}\n',
+      () => probes,
+    );
     try {
-      expect(await metric(a, 'continuity_leader')).toBe(1);
+      expect(await metric(instances[0]!, 'continuity_leader')).toBe(1);
       for (const inst of instances) expect(await metric(inst, 'continuity_probe_sharing')).toBe(1);
       // Each instance knows every shared probe's state, whoever ran it.
       for (const inst of instances)
@@ -181,8 +182,7 @@ describe('probes shared out across instances', () => {
       // kill -9 of the instance that ran the most; the others take its share within two intervals.
       const busiest = instances[runsBy.indexOf(Math.max(...runsBy))]!;
       const killedAt = Date.now();
-      busiest.child.kill('SIGKILL');
-      await busiest.exited;
+      await busiest.kill('SIGKILL');
       await new Promise((r) => setTimeout(r, WINDOW));
       const t2 = Date.now();
       const gaps = SHARED.map((id) => longestGap(target.hits.get(id), killedAt, t2));
@@ -231,10 +231,8 @@ describe('probes shared out across instances', () => {
           expect(Date.now() - Date.parse(p.last!.at), `${inst.name}: last result of ${p.id}`).toBeLessThan(3 * INTERVAL_MS);
       }
     } catch (err) {
-      for (const i of instances) process.stderr.write(`--- ${i.name}\n${i.output().slice(-4000)}\n`);
+      for (const i of instances) process.stderr.write(`--- ${i.name}\n${i.tail(40)}\n`);
       throw err;
-    } finally {
-      for (const i of [a, b, c]) i.child.kill('SIGKILL');
     }
   }, 180_000);
 
@@ -251,11 +249,11 @@ describe('probes shared out across instances', () => {
         };
       }),
     );
-    const instances: Instance[] = [];
-    for (const [k, name] of ['vantage-a', 'vantage-b'].entries()) {
-      const port = await closedPort();
-      const cfg = writeConfig({
-        config: `${daemonConfig(name, port, 2)}${CLUSTER_REST}services:
+    const { instances } = await startInstances(
+      ['vantage-a', 'vantage-b'],
+      2,
+      '',
+      `services:
   orders:
     failover:
       runbook: hold
@@ -264,9 +262,7 @@ describe('probes shared out across instances', () => {
       replica: orders-replica
       verify: orders-dr
 `,
-        probes: {
-          'orders.yaml': `probes:
-  - id: orders-primary
+      (k) => `  - id: orders-primary
     kind: tcp
     site: p
     services: [orders]
@@ -289,17 +285,8 @@ describe('probes shared out across instances', () => {
     timeout: 900ms
     tcp: { host: 127.0.0.1, port: ${redis.port} }
 `,
-        },
-      });
-      mkdirSync(join(cfg.dir, 'runbooks/hold'), { recursive: true });
-      writeFileSync(
-        join(cfg.dir, 'runbooks/hold/v1.yaml'),
-        `name: hold\nversion: 1\ndescription: Waits; stands in for a failover runbook.\ntimeout: 10m\nsteps:\n  - id: wait\n    kind: sleep\n    timeout: 2m\n    idempotent: true\n    sleep: { duration: 60s }\n`,
-      );
-      const inst = spawnDaemon(name, cfg.configPath, port);
-      instances.push(inst);
-      await up(inst);
-    }
+      { 'hold/v1.yaml': HOLD },
+    );
     const [a, b] = instances as [Instance, Instance];
     const decision = async () => {
       const list = (await get(a, '/api/v1/incidents')) as unknown as Array<{
@@ -340,10 +327,8 @@ describe('probes shared out across instances', () => {
       expect(failover).toMatch(/awaiting approval for hold v1$/);
       expect(await metric(a, 'continuity_vantage_instances', '{service="orders",view="down"}')).toBe(2);
     } catch (err) {
-      for (const i of instances) process.stderr.write(`--- ${i.name}\n${i.output().slice(-4000)}\n`);
+      for (const i of instances) process.stderr.write(`--- ${i.name}\n${i.tail(40)}\n`);
       throw err;
-    } finally {
-      for (const i of instances) i.child.kill('SIGKILL');
     }
   }, 120_000);
 });
