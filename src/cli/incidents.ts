@@ -117,6 +117,20 @@ export function registerIncidentCommands(program: Command, shared: CliShared): v
       }),
     );
 
+  apiCommand('active-site', 'say which site serves a service now, e.g. primary after a failback (on the leader)')
+    .argument('<service>', 'the service id')
+    .argument('<site>', 'the site id')
+    .requiredOption('--reason <text>', 'why, for the audit log')
+    .action(
+      act(async (service: string, site: string, o: ApiOptions & { reason: string }) => {
+        const r = await connect(o).put<{ was: string }>(`/api/v1/services/${encodeURIComponent(service)}/active-site`, {
+          site,
+          reason: o.reason,
+        });
+        out(`${service}: served from ${site} (was ${r.was})`);
+      }),
+    );
+
   apiCommand('maintenance', 'put a service in maintenance (incidents open, nothing runs), or end it with --end')
     .argument('<service>', 'the service id')
     .option('--for <duration>', 'how long, e.g. 2h')

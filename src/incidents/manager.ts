@@ -69,7 +69,7 @@ export interface ExternalOutcome {
 /** A drill refused: the API answers with the status. */
 export class DrillError extends Error {
   constructor(
-    readonly status: 404 | 409 | 503,
+    readonly status: 400 | 404 | 409 | 503,
     message: string,
   ) {
     super(message);
@@ -265,6 +265,27 @@ export class IncidentManager {
   /** Puts a service in maintenance: incidents still open, nothing runs. */
   async setMaintenance(service: string, until: number, reason: string, by: string): Promise<void> {
     await this.opts.redis.set(MAINTENANCE(service), JSON.stringify({ until, reason, by }), 'PX', Math.max(1, until - Date.now()));
+  }
+
+  /**
+   * Says which site serves a service now, after a failback done by hand (or to correct the record):
+   * the active site is kept in Redis, and a failover moves it to the DR site by itself, but nothing
+   * moves it back. Refused while the service has an incident under way (its failover may still
+   * move it). Returns the site it was served from.
+   */
+  async setActiveSite(service: string, site: string): Promise<{ was: string }> {
+    await this.mustLead();
+    const config = this.opts.config();
+    if (!config.services[service]) throw new DrillError(404, `no service ${service}`);
+    if (!(site in config.sites)) throw new DrillError(400, `unknown site "${site}" (sites: ${Object.keys(config.sites).join(', ')})`);
+    const open = this.open.get(service);
+    if (open && open.status !== 'open')
+      throw new DrillError(409, `${service} has an incident under way (${open.id}, ${open.status}): wait until it is closed`);
+    const was = this.opts.monitor.activeSite(service) ?? site;
+    await this.write([['set', ACTIVE_SITE(service), site]]);
+    this.opts.monitor.setActiveSite(service, site);
+    this.opts.log.warn({ service, from: was, to: site }, 'active site set by an operator');
+    return { was };
   }
 
   async clearMaintenance(service: string): Promise<void> {
@@ -572,7 +593,8 @@ export class IncidentManager {
       this.opts.metrics.vantageInstances.set({ service: svc.id, view: 'down' }, monitors.down.length);
       this.opts.metrics.vantageInstances.set({ service: svc.id, view: 'up' }, monitors.instances.length - monitors.down.length);
     }
-    const onInstances = monitors && monitors.instances.length > 1 ? ` on ${monitors.down.length} of ${monitors.instances.length} instances` : '';
+    const onInstances =
+      monitors && monitors.instances.length > 1 ? ` on ${monitors.down.length} of ${monitors.instances.length} instances` : '';
     const replica = m.state(f.replica);
     const ro = replica?.last?.observed ?? {};
     const streaming = ro.wal_receiver_streaming === true;
@@ -631,7 +653,10 @@ export class IncidentManager {
           `${svc.id}: monitor path degraded: ${downDesc} on ${k} of ${n} instances, but ${reaching.join(', ')} still ${reaching.length > 1 ? 'reach' : 'reaches'} the primary (quorum ${f.vantageQuorum}: ${need}): no failover`,
         );
       if (k < need)
-        return say('wait', `${svc.id}: ${downDesc} on ${k} of ${n} instances; quorum ${f.vantageQuorum} needs ${need}: waiting for more instances`);
+        return say(
+          'wait',
+          `${svc.id}: ${downDesc} on ${k} of ${n} instances; quorum ${f.vantageQuorum} needs ${need}: waiting for more instances`,
+        );
     }
     if (!replica?.last)
       return say('wait', `${svc.id}: ${downDesc}; no result yet from replica ${f.replica}: waiting for a second vantage point`);

@@ -178,6 +178,46 @@ export function incidentRoutes(app: FastifyInstance, deps: IncidentRouteDeps): v
     },
   );
 
+  app.put<{ Params: { service: string }; Body: { site: string; reason: string } }>(
+    '/api/v1/services/:service/active-site',
+    {
+      ...role('operator'),
+      schema: {
+        summary: 'Say which site serves a service now, e.g. after a failback (operator, on the leader; audited)',
+        params: Type.Object({ service: Type.String({ minLength: 1 }) }),
+        body: Type.Object(
+          {
+            site: Type.String({ minLength: 1, description: 'A site id of the config.' }),
+            reason: Type.String({ minLength: 1, maxLength: 500, description: 'Why, for the audit log.' }),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (req, reply) => {
+      const m = manager(reply);
+      if (!m) return reply;
+      const actor = actorOf(req);
+      const { site, reason } = req.body;
+      try {
+        const { was } = await m.setActiveSite(req.params.service, site);
+        await deps.audit({
+          who: actor.name,
+          action: 'active site',
+          target: req.params.service,
+          outcome: 'recorded',
+          detail: `${was} -> ${site}: ${reason}`,
+        });
+        return { service: req.params.service, activeSite: site, was };
+      } catch (err) {
+        if (!(err instanceof DrillError)) throw err;
+        await deps.audit({ who: actor.name, action: 'active site', target: req.params.service, outcome: 'refused', detail: err.message });
+        const error = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 503: 'Service Unavailable' }[err.status];
+        return reply.code(err.status).send({ error, message: err.message });
+      }
+    },
+  );
+
   app.delete<{ Params: { service: string } }>(
     '/api/v1/services/:service/maintenance',
     {

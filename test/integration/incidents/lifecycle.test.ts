@@ -572,4 +572,47 @@ receivers:
     expect(metrics).toContain('continuity_drill_last_success_timestamp_seconds{service="orders"} 0');
     expect(metrics).toContain('continuity_drill_last_success_timestamp_seconds{service="shop"} 0');
   }, 30_000);
+
+  it('after a failback by hand, an operator says the primary serves again: audited, and incidents open there again', async () => {
+    // The primary site is repaired and the service moved back by hand (the failback runbook).
+    primary = net.createServer((s) => s.on('error', () => {}).end());
+    await new Promise<void>((r) => primary.listen(primaryPort, '127.0.0.1', r));
+    await until('app-primary UP', async () => daemon.status().probes.find((p) => p.id === 'app-primary')?.state === 'UP');
+    expect(daemon.status().services.find((s) => s.id === 'orders')!.activeSite).toBe('dr');
+
+    const bad = await api('PUT', '/api/v1/services/orders/active-site', { site: 'moon', reason: 'typo' });
+    expect(bad.status).toBe(400);
+    expect(bad.body.message).toBe('unknown site "moon" (sites: primary, dr)');
+    expect((await api('PUT', '/api/v1/services/nosuch/active-site', { site: 'primary', reason: 'x' })).status).toBe(404);
+    expect((await api('PUT', '/api/v1/services/orders/active-site', { site: 'primary' })).status).toBe(400);
+
+    const { stdout } = await run(
+      'node',
+      ['bin/continuity.js', 'active-site', 'orders', 'primary', '--reason', 'failback done', '--url', daemon.url],
+      {
+        env: { ...process.env, CONTINUITY_TOKEN: OPS },
+      },
+    );
+    expect(stdout.trim()).toBe('orders: served from primary (was dr)');
+    expect(daemon.status().services.find((s) => s.id === 'orders')!.activeSite).toBe('primary');
+    expect(await daemon.executor!.store.redis.get('{continuity}:active-site:orders')).toBe('primary');
+    expect(await daemon.executor!.store.auditLog(20)).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          who: 'olga',
+          action: 'active site',
+          target: 'orders',
+          outcome: 'recorded',
+          detail: 'dr -> primary: failback done',
+        }),
+      ]),
+    );
+
+    // Served from the primary again, its loss opens an incident again (it would not while at the DR site).
+    primary.close();
+    const again = await until('a new orders incident', async () =>
+      ((await api('GET', '/api/v1/incidents')).body as Incident[]).find((i) => i.service === 'orders' && i.status !== 'closed'),
+    );
+    expect(again.timeline[0]!.message).toMatch(/^orders: app-primary DOWN; outage started /);
+  }, 30_000);
 });
