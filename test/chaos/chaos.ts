@@ -15,8 +15,8 @@
  *     lead to a failover (the daemons' decision, the shipped failover-postgres). Once it has
  *     succeeded, this file plays the on-call team: it runs the shipped failback-postgres through the
  *     API (an operator starts it, an approver approves it), then moves the service's active site
- *     back to the primary site (there is no API for that: the Redis key, then a SIGTERM of the
- *     leader so that the next leader reads it) and waits until the lab is healthy again: the next
+ *     back to the primary site (`PUT /api/v1/services/orders/active-site`, as `continuity
+ *     active-site` does) and waits until the lab is healthy again: the next
  *     cycle may start. Right after a primary kill, the next fault (kill -9 or SIGSTOP of the leader)
  *     often comes 2-4.5 s later, in the middle of the failover. A non-idempotent step left without a result by a fault (the execution
  *     `awaiting_decision`) is decided as an operator would: from the real state of the lab (did
@@ -85,7 +85,6 @@ const INSTANCES = ['chaos-a', 'chaos-b', 'chaos-c'];
 const LEASE = '2s';
 const COOLDOWN = '20s';
 const PROMOTE_LOG = 'received promote request';
-const ACTIVE_SITE_KEY = '{continuity}:active-site:orders';
 const AUDIT_KEY = '{continuity}:audit';
 const TERMINAL = new Set(['succeeded', 'failed', 'aborted', 'rolled_back']);
 /** A failover cycle needs about this long (decision, runbook, verification); a primary is not killed later than this before the end. */
@@ -808,19 +807,15 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
         `cycle ${cycle.n}: failback done in ${((cycle.failbackDoneAt - cycle.failbackStartedAt) / 1000).toFixed(1)} s; "${PROMOTE_LOG}" ${primaryPromotes}x on the old primary`,
       );
 
-      // 3. The service is served from the primary site again: the active site back (no API for it),
-      // and a new leader to read it.
-      await client.set(ACTIVE_SITE_KEY, 'primary');
-      await procs.run(async () => {
-        const leader = await leaderNow();
-        if (!leader) return;
-        log(
-          `cycle ${cycle.n}: active site of orders set back to primary; SIGTERM of the leader ${leader.name} so that the next leader reads it`,
-        );
-        await leader.stop(5000);
-        leader.start();
-        await leader.up(30_000).catch((err: unknown) => problem(`${leader.name} did not come back: ${errorText(err)}`));
-      });
+      // 3. The service is served from the primary site again: the operator says so (the leader takes it).
+      const moved = await api<{ was: string }>(
+        'PUT',
+        '/api/v1/services/orders/active-site',
+        { site: 'primary', reason: `chaos cycle ${cycle.n}: failback done` },
+        OPERATOR,
+        60_000,
+      );
+      log(`cycle ${cycle.n}: active site of orders set back to primary (was ${moved.was})`);
       const why = await waitHealthy(60_000);
       if (why) throw new Error(`the lab did not become healthy after the failback: ${why}`);
       log(`cycle ${cycle.n}: healthy again; the next cycle may start`);
