@@ -47,7 +47,7 @@ import type { ExecutionView } from '../../src/runbooks/executor.js';
 import type { ExecutionRecord } from '../../src/runbooks/store.js';
 import { daemonCluster, type DaemonCluster, type DaemonInstance } from '../helpers/daemons.js';
 import { startRedisServer, type TestRedisServer } from '../helpers/redis-server.js';
-import { labFailoverPolicy } from '../lab/failover-policy.js';
+import { labFailoverPolicy, labProbes } from '../lab/failover-policy.js';
 import { startLab, type HaproxyServerState, type Lab } from '../lab/lab.js';
 
 export interface ChaosOptions {
@@ -201,35 +201,6 @@ services:
 ${policy}`;
 }
 
-function probes(lab: Lab): string {
-  return `probes:
-  - id: orders-pg-primary
-    kind: postgres
-    site: primary
-    services: [orders]
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 3
-    postgres: { host: 127.0.0.1, port: ${lab.primary.port}, user: postgres, database: postgres, expect_role: primary }
-  - id: orders-pg-replica
-    kind: postgres
-    site: dr
-    services: [orders]
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 3
-    postgres: { host: 127.0.0.1, port: ${lab.replica.port}, user: postgres, database: postgres }
-  - id: orders-web-public
-    kind: http
-    site: dr
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 1
-    http: { url: "${lab.webTraffic.url}/health" }
-    conditions: ['headers["x-site"] == "dr"']
-`;
-}
-
 type Phase = 'healthy' | 'failing_over' | 'failing_back' | 'done' | 'stuck';
 
 interface Cycle {
@@ -311,7 +282,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
       names: INSTANCES,
       token: VIEWER,
       config: (ctx) => daemonConfig(lab, redis.url, ctx.instanceId, ctx.port),
-      probes: { 'databases.yaml': probes(lab) },
+      probes: { 'databases.yaml': labProbes(lab) },
       prepare: (ctx) => {
         mkdirSync(join(ctx.dir, 'runbooks'));
         for (const rb of ['failover-postgres', 'failback-postgres'])

@@ -9,7 +9,7 @@ import type { ExecutionView } from '../../src/runbooks/executor.js';
 import { daemonCluster, type DaemonCluster, type DaemonInstance } from '../helpers/daemons.js';
 import { startRedisServer, type TestRedisServer } from '../helpers/redis-server.js';
 import { until } from '../helpers/until.js';
-import { labFailoverPolicy } from '../lab/failover-policy.js';
+import { labFailoverPolicy, labProbes } from '../lab/failover-policy.js';
 import { processAlive, startLab, type Lab } from '../lab/lab.js';
 
 /**
@@ -92,35 +92,6 @@ services:
 ${labFailoverPolicy(lab, 'automatic')}`;
 }
 
-function probes(lab: Lab): string {
-  return `probes:
-  - id: orders-pg-primary
-    kind: postgres
-    site: primary
-    services: [orders]
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 3
-    postgres: { host: 127.0.0.1, port: ${lab.primary.port}, user: postgres, database: postgres, expect_role: primary }
-  - id: orders-pg-replica
-    kind: postgres
-    site: dr
-    services: [orders]
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 3
-    postgres: { host: 127.0.0.1, port: ${lab.replica.port}, user: postgres, database: postgres }
-  - id: orders-web-public
-    kind: http
-    site: dr
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 1
-    http: { url: "${lab.webTraffic.url}/health" }
-    conditions: ['headers["x-site"] == "dr"']
-`;
-}
-
 /** The pid of the lab's sshd listener: its pid file, else the process started with its config. */
 function sshdPid(lab: Lab): number {
   const file = join(lab.sshd.dir, 'sshd.pid');
@@ -174,7 +145,7 @@ async function scenario(tag: string): Promise<Scenario> {
     names: ['chaos-a', 'chaos-b', 'chaos-c'],
     token: VIEWER,
     config: (ctx) => config(lab, redis.url, ctx.instanceId, ctx.port),
-    probes: { 'databases.yaml': probes(lab) },
+    probes: { 'databases.yaml': labProbes(lab) },
     prepare: (ctx) => {
       mkdirSync(join(ctx.dir, 'runbooks'));
       cpSync('runbooks/failover-postgres', join(ctx.dir, 'runbooks/failover-postgres'), { recursive: true });

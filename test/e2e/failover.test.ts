@@ -12,7 +12,7 @@ import type { Incident } from '../../src/incidents/manager.js';
 import type { IncidentReport } from '../../src/incidents/report.js';
 import type { ExecutionView } from '../../src/runbooks/executor.js';
 import { writeConfig } from '../helpers/config.js';
-import { labFailoverPolicy } from '../lab/failover-policy.js';
+import { labFailoverPolicy, labProbes } from '../lab/failover-policy.js';
 import { haproxyCommand, haproxyConfig, parseServersState, startLab, type Lab } from '../lab/lab.js';
 
 /**
@@ -99,32 +99,7 @@ services:
     rpo: ${opts.rpo ?? '30s'}
 ${labFailoverPolicy(lab, opts.mode ?? 'approval')}${opts.drillInputs ? `      drill_inputs: ${opts.drillInputs}\n` : ''}`,
     probes: {
-      'databases.yaml': `probes:
-  - id: orders-pg-primary
-    kind: postgres
-    site: primary
-    services: [orders]
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 3
-    postgres: { host: 127.0.0.1, port: ${opts.primaryPort}, user: postgres, database: postgres, expect_role: primary }
-  - id: orders-pg-replica
-    kind: postgres
-    site: dr
-    services: [orders]
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 3
-    postgres: { host: 127.0.0.1, port: ${lab.replica.port}, user: postgres, database: postgres }
-  - id: orders-web-public
-    kind: http
-    site: dr
-    interval: 500ms
-    timeout: 400ms
-    failure_threshold: 1
-    http: { url: "${lab.webTraffic.url}/health" }
-    conditions: ['headers["x-site"] == "dr"']
-`,
+      'databases.yaml': labProbes(lab, opts.primaryPort),
     },
   });
   mkdirSync(join(cfg.dir, 'runbooks'));

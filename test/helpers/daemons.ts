@@ -285,3 +285,14 @@ function makeInstance(spec: DaemonSpec, index: number, name: string, port: numbe
   };
   return inst;
 }
+
+/** A runbook step that appends its id to `file`: the file's lines count the step's runs. */
+export function appendStep(id: string, idempotent: boolean, file: string): string {
+  return `  - id: ${id}
+    kind: shell
+    timeout: 10s
+    idempotent: ${idempotent}
+    shell:
+      argv: [sh, -c, 'echo ${id} >> "$1"', sh, '${file}']
+`;
+}

@@ -32,3 +32,37 @@ export function labFailoverPolicy(lab: Lab, mode: 'approval' | 'automatic'): str
         web_url: ${lab.webTraffic.url}
 `;
 }
+
+/**
+ * probes/databases.yaml for a lab: the primary (expected writable), the replica and the public
+ * endpoint (UP once it answers from the DR site), every 500 ms; the probes labFailoverPolicy names.
+ * `primaryPort` lets a test put a proxy on the monitor's path to the primary.
+ */
+export function labProbes(lab: Lab, primaryPort = lab.primary.port): string {
+  return `probes:
+  - id: orders-pg-primary
+    kind: postgres
+    site: primary
+    services: [orders]
+    interval: 500ms
+    timeout: 400ms
+    failure_threshold: 3
+    postgres: { host: 127.0.0.1, port: ${primaryPort}, user: postgres, database: postgres, expect_role: primary }
+  - id: orders-pg-replica
+    kind: postgres
+    site: dr
+    services: [orders]
+    interval: 500ms
+    timeout: 400ms
+    failure_threshold: 3
+    postgres: { host: 127.0.0.1, port: ${lab.replica.port}, user: postgres, database: postgres }
+  - id: orders-web-public
+    kind: http
+    site: dr
+    interval: 500ms
+    timeout: 400ms
+    failure_threshold: 1
+    http: { url: "${lab.webTraffic.url}/health" }
+    conditions: ['headers["x-site"] == "dr"']
+`;
+}

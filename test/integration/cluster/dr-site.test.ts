@@ -8,6 +8,7 @@ import { hashToken } from '../../../src/http/auth.js';
 import { writeConfig } from '../../helpers/config.js';
 import { closedPort } from '../../helpers/net.js';
 import { startRedisServer, type TestRedisServer } from '../../helpers/redis-server.js';
+import { appendStep } from '../../helpers/daemons.js';
 import { until as waitUntil } from '../../helpers/until.js';
 
 /**
@@ -39,13 +40,7 @@ type Json = Record<string, any>;
 
 /** s2 and s4, s5 append a line and are not idempotent; s3 sleeps (the site is lost then); an approval gate before s5. */
 function drRunbook(log: string): string {
-  const shell = (id: string, idempotent: boolean) => `  - id: ${id}
-    kind: shell
-    timeout: 10s
-    idempotent: ${idempotent}
-    shell:
-      argv: [sh, -c, 'echo ${id} >> "$1"', sh, '${log}']
-`;
+  const shell = (id: string, idempotent: boolean) => appendStep(id, idempotent, log);
   return `name: relocate
 version: 1
 description: Steps of a site move, some not idempotent, a sleep and an approval, for the DR-site test.

@@ -10,6 +10,7 @@ import { hashToken } from '../../../src/http/auth.js';
 import { writeConfig } from '../../helpers/config.js';
 import { closedPort } from '../../helpers/net.js';
 import { startRedisServer } from '../../helpers/redis-server.js';
+import { appendStep } from '../../helpers/daemons.js';
 import { until } from '../../helpers/until.js';
 
 /**
@@ -24,13 +25,7 @@ const LEASE_MS = 2000;
 
 /** Five steps: s2 and s4 append a line and are not idempotent; s3 sleeps (the middle of the runbook). */
 function runbook(log: string): string {
-  const shell = (id: string, idempotent: boolean) => `  - id: ${id}
-    kind: shell
-    timeout: 10s
-    idempotent: ${idempotent}
-    shell:
-      argv: [sh, -c, 'echo ${id} >> "$1"', sh, '${log}']
-`;
+  const shell = (id: string, idempotent: boolean) => appendStep(id, idempotent, log);
   return `name: five
 version: 1
 description: Five steps, two of them not idempotent, for leader tests.

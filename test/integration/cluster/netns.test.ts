@@ -10,6 +10,7 @@ import { writeConfig } from '../../helpers/config.js';
 import { closedPort } from '../../helpers/net.js';
 import { createVethNamespace, netnsUnavailable, type VethNamespace } from '../../helpers/netns.js';
 import { startRedisServer, type TestRedisServer } from '../../helpers/redis-server.js';
+import { appendStep } from '../../helpers/daemons.js';
 import { until as waitUntil } from '../../helpers/until.js';
 
 /**
@@ -30,13 +31,7 @@ const run = promisify(execFile);
 
 /** Five steps: s2 and s4 append a line and are not idempotent; s3 sleeps (the link is cut then). */
 function runbook(log: string): string {
-  const shell = (id: string, idempotent: boolean) => `  - id: ${id}
-    kind: shell
-    timeout: 10s
-    idempotent: ${idempotent}
-    shell:
-      argv: [sh, -c, 'echo ${id} >> "$1"', sh, '${log}']
-`;
+  const shell = (id: string, idempotent: boolean) => appendStep(id, idempotent, log);
   return `name: five
 version: 1
 description: Five steps, two of them not idempotent, for the cut-off leader test.
