@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { defaultInstanceId, LeaderLease } from './cluster/lease.js';
 import { SharedProbes } from './cluster/probe-share.js';
-import { failoverProbeIds, freshFor, VantageBoard, vantageProbeIds, type VantageReport } from './cluster/vantage.js';
+import { failoverProbeIds, VantageBoard, vantageProbeIds, type VantageReport } from './cluster/vantage.js';
 import { ConfigError, formatIssue } from './config/errors.js';
 import { loadConfig, type Config } from './config/load.js';
 import { Monitor, summarize } from './health/monitor.js';
@@ -103,6 +103,7 @@ export class Daemon {
   /** What each instance sees of the probes failovers rely on. */
   vantage: VantageBoard | undefined;
   private clusterTimer: NodeJS.Timeout | undefined;
+  private ticking = false;
   /** Sharing state: on while the queue connection is ready, off (every probe here) while it is not. */
   private sharing = { on: false, since: 0, awaySince: 0, rescheduled: new Map<string, number>() };
   /** The probes a failover policy relies on: never shared out, they run from every instance. */
@@ -364,7 +365,8 @@ export class Daemon {
     this.sharing.rescheduled.clear();
     this.monitor.runLocally((p) => !this.sharing.on || this.everywhere.has(p.id));
     this.metrics.probeSharing.set(on ? 1 : 0);
-    if (on) this.log.info({ here: this.monitor.scheduledHere, probes: this.config.probes.length }, 'probes shared out through the cluster queue');
+    if (on)
+      this.log.info({ here: this.monitor.scheduledHere, probes: this.config.probes.length }, 'probes shared out through the cluster queue');
     else this.log.warn({ probes: this.config.probes.length }, 'cluster queue unreachable: every probe runs here until it is back');
   }
 
@@ -385,7 +387,16 @@ export class Daemon {
    * lost with the instance that was taking it).
    */
   private async clusterTick(): Promise<void> {
-    if (this.stopping) return;
+    if (this.stopping || this.ticking) return;
+    this.ticking = true;
+    try {
+      await this.clusterTickOnce();
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  private async clusterTickOnce(): Promise<void> {
     const now = Date.now();
     if (this.redis.status === 'ready' && this.vantage) {
       const views = [...this.ownViews(vantageProbeIds(this.config))].map(([probe, report]) => ({ probe, report }));
@@ -398,11 +409,25 @@ export class Daemon {
     if (!ready && now - this.sharing.awaySince >= 2000) this.setSharing(false);
     else if (ready) this.setSharing(true);
     if (!this.sharing.on || !this.lease?.leading) return;
+    // At most a few per second: an overloaded cluster makes many probes late at once, and putting
+    // their schedulers back all together would only add to the load.
+    let budget = 20;
     for (const p of this.sharedProbes()) {
-      const last = Math.max(this.monitor.state(p.id)?.last?.startedAt ?? 0, this.sharing.since, this.sharing.rescheduled.get(p.id) ?? 0);
-      if (now - last <= freshFor(p) + 1000) continue;
+      const since = this.shared.knownSince(p);
+      if (since === undefined) continue; // no longer shared (a reload while this tick ran)
+      const last = Math.max(
+        this.monitor.state(p.id)?.last?.startedAt ?? 0,
+        since,
+        this.sharing.since,
+        this.sharing.rescheduled.get(p.id) ?? 0,
+      );
+      if (now - last <= 2 * p.intervalMs + p.timeoutMs + 1000) continue;
+      if (budget-- <= 0) break;
       this.sharing.rescheduled.set(p.id, now);
-      this.log.warn({ probe: p.id, silentSeconds: (now - last) / 1000 }, 'shared probe silent for two intervals: its scheduler is put back');
+      this.log.warn(
+        { probe: p.id, silentSeconds: (now - last) / 1000 },
+        'shared probe silent for two intervals: its scheduler is put back',
+      );
       await this.shared.schedule(p).catch((err: Error) => this.log.warn({ probe: p.id, err: err.message }, 'shared probe not rescheduled'));
     }
   }
@@ -496,7 +521,9 @@ export class Daemon {
         await this.restoreTests
           ?.applySchedules()
           .catch((err: Error) => this.log.error({ err: err.message }, 'restore-test schedules not applied'));
-        await this.shared?.applySchedules().catch((err: Error) => this.log.error({ err: err.message }, 'shared probe schedules not applied'));
+        await this.shared
+          ?.applySchedules()
+          .catch((err: Error) => this.log.error({ err: err.message }, 'shared probe schedules not applied'));
       }
       this.log.level = next.daemon.logLevel;
       this.metrics.configReloadSuccess.set(1);

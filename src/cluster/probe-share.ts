@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { Queue, QueueEvents, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { Logger } from 'pino';
 import type { ProbeConfig } from '../config/load.js';
@@ -57,10 +58,14 @@ export class SharedProbes {
   private worker: Worker | undefined;
   private watchdog: NodeJS.Timeout | undefined;
   private probes = new Map<string, ProbeConfig>();
+  /** When each shared probe (in its current version) was first known here: a new one is not silent yet. */
+  private readonly known = new Map<string, { fingerprint: string; since: number }>();
   private readonly abort = new AbortController();
   private active = 0;
 
   constructor(private readonly opts: SharedProbesOptions) {
+    // Every run in flight listens on this signal (runProbe removes its listener when it ends).
+    setMaxListeners(opts.concurrency + 1, this.abort.signal);
     this.queue = new Queue(PROBE_QUEUE, { connection: opts.connection, prefix: PROBE_QUEUE_PREFIX });
     this.queue.on('error', (err) => opts.log.debug({ err: err.message }, 'probe queue error'));
     this.events = new QueueEvents(PROBE_QUEUE, { connection: opts.connection, prefix: PROBE_QUEUE_PREFIX });
@@ -71,6 +76,15 @@ export class SharedProbes {
   /** The shared probes this instance knows (its config's). */
   setProbes(probes: ProbeConfig[]): void {
     this.probes = new Map(probes.map((p) => [p.id, p]));
+    const now = Date.now();
+    for (const p of probes)
+      if (this.known.get(p.id)?.fingerprint !== p.fingerprint) this.known.set(p.id, { fingerprint: p.fingerprint, since: now });
+    for (const id of this.known.keys()) if (!this.probes.has(id)) this.known.delete(id);
+  }
+
+  /** Whether a probe is shared (in this version), and since when this instance knows it so. */
+  knownSince(p: ProbeConfig): number | undefined {
+    return this.probes.get(p.id)?.fingerprint === p.fingerprint ? this.known.get(p.id)?.since : undefined;
   }
 
   /** Starts taking runs (every instance does). */
@@ -95,13 +109,15 @@ export class SharedProbes {
    */
   async applySchedules(): Promise<void> {
     const existing = new Map((await this.queue.getJobSchedulers(0, -1)).map((s) => [s.key, s]));
-    for (const p of this.probes.values()) {
+    const stale = [...this.probes.values()].filter((p) => {
       const s = existing.get(p.id);
       const template = (s as { template?: { data?: ProbeJobData } } | undefined)?.template?.data;
-      if (s && Number(s.every) === p.intervalMs && template?.fingerprint === p.fingerprint) continue;
-      await this.schedule(p);
-    }
-    for (const key of existing.keys()) if (!this.probes.has(key)) await this.queue.removeJobScheduler(key);
+      return !(s && Number(s.every) === p.intervalMs && template?.fingerprint === p.fingerprint);
+    });
+    const gone = [...existing.keys()].filter((key) => !this.probes.has(key));
+    // In batches: thousands of probes are thousands of round trips, not to be made one at a time.
+    for (let i = 0; i < stale.length; i += 100) await Promise.all(stale.slice(i, i + 100).map((p) => this.schedule(p)));
+    for (let i = 0; i < gone.length; i += 100) await Promise.all(gone.slice(i, i + 100).map((key) => this.queue.removeJobScheduler(key)));
   }
 
   /** Puts a probe's scheduler (back): the leader does it when a probe has gone silent. */

@@ -40,8 +40,8 @@ export function vantageProbeIds(config: Pick<Config, 'services'>): Set<string> {
   return new Set(Object.values(config.services).flatMap((s) => s.failover?.primaryDown ?? []));
 }
 
-/** How long a report counts: two runs missed, plus the run's own timeout. */
-export const freshFor = (p: Pick<ProbeConfig, 'intervalMs' | 'timeoutMs'>) => 2 * p.intervalMs + p.timeoutMs;
+/** How long a report counts: two runs missed, plus the run's own timeout, plus 2 s for the once-a-second publishing. */
+export const freshFor = (p: Pick<ProbeConfig, 'intervalMs' | 'timeoutMs'>) => 2 * p.intervalMs + p.timeoutMs + 2000;
 
 /**
  * How many instances must see the primary DOWN: a majority of those with a fresh view (the
@@ -56,7 +56,7 @@ export function requiredVotes(quorum: 'majority' | 'all' | number, instances: nu
 /**
  * The board where instances publish what they see of the probes a failover relies on, so that the
  * leader counts independent vantage points before it decides. Every instance publishes (each second,
- * one pipelined write); a report older than two intervals plus the timeout no longer counts, so an
+ * one pipelined write); a report older than two intervals plus the timeout and 2 s no longer counts, so an
  * instance that died or was cut off stops voting by itself; one that stops cleanly withdraws.
  */
 export class VantageBoard {
