@@ -11,6 +11,8 @@ export interface VantageReport {
   at: number;
   /** Whether that last run succeeded (a failing run below the DOWN threshold is not a view yet). */
   ok: boolean;
+  /** When the instance published it, ms since the epoch (set by publish). */
+  published?: number;
   reason?: string;
 }
 
@@ -40,8 +42,11 @@ export function vantageProbeIds(config: Pick<Config, 'services'>): Set<string> {
   return new Set(Object.values(config.services).flatMap((s) => s.failover?.primaryDown ?? []));
 }
 
-/** How long a report counts: two runs missed, plus the run's own timeout, plus 2 s for the once-a-second publishing. */
-export const freshFor = (p: Pick<ProbeConfig, 'intervalMs' | 'timeoutMs'>) => 2 * p.intervalMs + p.timeoutMs + 2000;
+/** How old an observation may be and still count: two runs missed, the run's timeout, and 1 s of publishing cadence. */
+export const freshFor = (p: Pick<ProbeConfig, 'intervalMs' | 'timeoutMs'>) => 2 * p.intervalMs + p.timeoutMs + 1000;
+
+/** Instances publish every second: one that has not for this long is gone (dead, stopped, cut off) and does not vote. */
+export const PUBLISHED_WITHIN_MS = 2500;
 
 /**
  * How many instances must see the primary DOWN: a majority of those with a fresh view (the
@@ -56,7 +61,8 @@ export function requiredVotes(quorum: 'majority' | 'all' | number, instances: nu
 /**
  * The board where instances publish what they see of the probes a failover relies on, so that the
  * leader counts independent vantage points before it decides. Every instance publishes (each second,
- * one pipelined write); a report older than two intervals plus the timeout and 2 s no longer counts, so an
+ * one pipelined write); an instance that has not published for 2.5 s, or an observation older than
+ * two intervals plus the timeout and 1 s, no longer counts, so an
  * instance that died or was cut off stops voting by itself; one that stops cleanly withdraws.
  */
 export class VantageBoard {
@@ -69,8 +75,9 @@ export class VantageBoard {
   async publish(views: Array<{ probe: string; report: VantageReport }>): Promise<void> {
     if (views.length === 0) return;
     const tx = this.redis.multi();
+    const published = Date.now();
     for (const { probe, report } of views) {
-      tx.hset(VANTAGE_KEY(probe), this.instanceId, JSON.stringify(report));
+      tx.hset(VANTAGE_KEY(probe), this.instanceId, JSON.stringify({ ...report, published }));
       tx.pexpire(VANTAGE_KEY(probe), 86_400_000);
     }
     await tx.exec();
@@ -109,6 +116,8 @@ export class VantageBoard {
       else reports.delete(this.instanceId);
       for (const [instance, r] of reports) {
         if (typeof r.at !== 'number' || now - r.at > freshFor(p)) continue;
+        // This instance's own view is current; another's counts while that instance still publishes.
+        if (instance !== this.instanceId && !(typeof r.published === 'number' && now - r.published <= PUBLISHED_WITHIN_MS)) continue;
         const view = r.state === 'DOWN' ? 'down' : r.ok === true ? 'ok' : 'failing';
         const before = seen.get(instance);
         if (!before || rank[view] > rank[before]) seen.set(instance, view);

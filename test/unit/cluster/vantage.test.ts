@@ -11,8 +11,8 @@ describe('vantage quorum', () => {
     expect(requiredVotes(3, 2)).toBe(3);
   });
 
-  it('keeps a report for two intervals plus the timeout, plus 2 s for the once-a-second publishing', () => {
-    expect(freshFor({ intervalMs: 5000, timeoutMs: 2000 })).toBe(14_000);
+  it('keeps an observation for two intervals plus the timeout, plus 1 s for the once-a-second publishing', () => {
+    expect(freshFor({ intervalMs: 5000, timeoutMs: 2000 })).toBe(13_000);
   });
 
   it('runs every probe a failover policy names from every instance, and publishes the primary_down ones', () => {
