@@ -47,7 +47,7 @@ import type { ExecutionView } from '../../src/runbooks/executor.js';
 import type { ExecutionRecord } from '../../src/runbooks/store.js';
 import { daemonCluster, type DaemonCluster, type DaemonInstance } from '../helpers/daemons.js';
 import { startRedisServer, type TestRedisServer } from '../helpers/redis-server.js';
-import { labFailoverPolicy, labProbes } from '../lab/failover-policy.js';
+import { labFailoverPolicy, labProbes, labFailbackInputs } from '../lab/failover-policy.js';
 import { startLab, type HaproxyServerState, type Lab } from '../lab/lab.js';
 
 export interface ChaosOptions {
@@ -645,30 +645,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     // The cycle driver: after a primary kill, the failover, then the failback
     let phase = 'healthy' as Phase;
     const cycles: Cycle[] = [];
-    const failbackInputs = () => ({
-      haproxy: `127.0.0.1:${lab.haproxyRuntime.port}`,
-      primary_host: '127.0.0.1',
-      primary_port: lab.primary.port,
-      dr_host: '127.0.0.1',
-      dr_port: lab.replica.port,
-      primary_ssh_host: lab.sshd.host,
-      primary_ssh_port: lab.sshd.port,
-      dr_ssh_host: lab.sshd.host,
-      dr_ssh_port: lab.sshd.port,
-      ssh_user: lab.sshd.user,
-      ssh_key_file: lab.sshd.privateKeyPath,
-      known_hosts: lab.sshd.knownHostsPath,
-      pg_ctl: lab.primary.argv.stop[4]!,
-      primary_data_dir: lab.primary.dataDir,
-      primary_log_file: lab.primary.logFile,
-      dr_data_dir: lab.replica.dataDir,
-      dr_log_file: lab.replica.logFile,
-      primary_application_name: lab.primary.clusterName,
-      dr_application_name: lab.replica.clusterName,
-      window_start: new Date(Date.now() - 60_000).toISOString(),
-      window_end: new Date(Date.now() + 60 * 60_000).toISOString(),
-      web_url: lab.webTraffic.url,
-    });
+    const failbackInputs = () => labFailbackInputs(lab, 60);
 
     const runCycle = async (cycle: Cycle): Promise<void> => {
       // 1. The decision and the failover.

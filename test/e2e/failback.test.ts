@@ -7,6 +7,7 @@ import { hashToken } from '../../src/http/auth.js';
 import type { ExecutionView } from '../../src/runbooks/executor.js';
 import { writeConfig } from '../helpers/config.js';
 import { startLab, type Lab } from '../lab/lab.js';
+import { labFailbackInputs } from '../lab/failover-policy.js';
 
 /**
  * End to end on the lab: fail over with the shipped failover-postgres runbook, write on the
@@ -186,30 +187,7 @@ describe('failback on the lab', () => {
   const inTraffic = async (backend: 'pg' | 'web' = 'pg') =>
     (await lab.haproxy.servers(backend)).filter((s) => s.inTraffic).map((s) => s.name);
 
-  const failbackInputs = () => ({
-    haproxy: `127.0.0.1:${lab.haproxyRuntime.port}`,
-    primary_host: '127.0.0.1',
-    primary_port: lab.primary.port,
-    dr_host: '127.0.0.1',
-    dr_port: lab.replica.port,
-    primary_ssh_host: lab.sshd.host,
-    primary_ssh_port: lab.sshd.port,
-    dr_ssh_host: lab.sshd.host,
-    dr_ssh_port: lab.sshd.port,
-    ssh_user: lab.sshd.user,
-    ssh_key_file: lab.sshd.privateKeyPath,
-    known_hosts: lab.sshd.knownHostsPath,
-    pg_ctl: lab.primary.argv.stop[4]!,
-    primary_data_dir: lab.primary.dataDir,
-    primary_log_file: lab.primary.logFile,
-    dr_data_dir: lab.replica.dataDir,
-    dr_log_file: lab.replica.logFile,
-    primary_application_name: lab.primary.clusterName,
-    dr_application_name: lab.replica.clusterName,
-    window_start: new Date(Date.now() - 60_000).toISOString(),
-    window_end: new Date(Date.now() + 10 * 60_000).toISOString(),
-    web_url: lab.webTraffic.url,
-  });
+  const failbackInputs = () => labFailbackInputs(lab, 10);
 
   /** Before the approval: the old primary streams from the DR, and nothing has been switched. */
   async function expectRebuiltNotSwitched(waiting: ExecutionView) {

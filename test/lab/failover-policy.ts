@@ -66,3 +66,34 @@ export function labProbes(lab: Lab, primaryPort = lab.primary.port): string {
     conditions: ['headers["x-site"] == "dr"']
 `;
 }
+
+/**
+ * The inputs of the shipped failback-postgres for a lab: both servers, their data folders and logs,
+ * SSH to them, HAProxy, and a failback window from a minute ago to `windowMinutes` from now.
+ */
+export function labFailbackInputs(lab: Lab, windowMinutes: number) {
+  return {
+    haproxy: `127.0.0.1:${lab.haproxyRuntime.port}`,
+    primary_host: '127.0.0.1',
+    primary_port: lab.primary.port,
+    dr_host: '127.0.0.1',
+    dr_port: lab.replica.port,
+    primary_ssh_host: lab.sshd.host,
+    primary_ssh_port: lab.sshd.port,
+    dr_ssh_host: lab.sshd.host,
+    dr_ssh_port: lab.sshd.port,
+    ssh_user: lab.sshd.user,
+    ssh_key_file: lab.sshd.privateKeyPath,
+    known_hosts: lab.sshd.knownHostsPath,
+    pg_ctl: lab.primary.argv.stop[4]!,
+    primary_data_dir: lab.primary.dataDir,
+    primary_log_file: lab.primary.logFile,
+    dr_data_dir: lab.replica.dataDir,
+    dr_log_file: lab.replica.logFile,
+    primary_application_name: lab.primary.clusterName,
+    dr_application_name: lab.replica.clusterName,
+    window_start: new Date(Date.now() - 60_000).toISOString(),
+    window_end: new Date(Date.now() + windowMinutes * 60_000).toISOString(),
+    web_url: lab.webTraffic.url,
+  };
+}
