@@ -273,6 +273,7 @@ export class Daemon {
       concurrency: config.daemon.runbookConcurrency,
       twoPersonRule: config.auth.twoPersonRule,
       fence: () => lease.token,
+      regainMs: config.daemon.leaderLeaseMs ?? 10_000,
     });
     // The worker runs on the leader only (started at election); any instance enqueues.
     this.executor = executor;

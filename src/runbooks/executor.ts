@@ -60,6 +60,11 @@ export interface ExecutorOptions {
    * records and updates are refused (FencedError) once that token is no longer the leader epoch.
    */
   fence?: () => number | undefined;
+  /**
+   * After the lease lapsed only because Redis was away, how long a running execution waits, before
+   * its next step, for this instance to lead again with the same token (default 10 s, the lease).
+   */
+  regainMs?: number;
 }
 
 /** Who is acting, as authenticated by the API. */
@@ -120,6 +125,8 @@ export class Executor {
    * runs of one execution ever advance side by side here.
    */
   private readonly runs = new Map<string, Promise<void>>();
+  /** Since when this instance has not led because Redis was away (running steps kept on), if so. */
+  private lapsedAt: number | undefined;
 
   constructor(private readonly opts: ExecutorOptions) {
     this.queue = new Queue(RUNBOOK_QUEUE, { connection: opts.connection, prefix: QUEUE_PREFIX });
@@ -150,6 +157,7 @@ export class Executor {
    * new worker.
    */
   async stopWorker(opts: { keepRunning?: boolean } = {}): Promise<void> {
+    this.lapsedAt = opts.keepRunning ? Date.now() : undefined;
     if (!opts.keepRunning) for (const c of this.controllers.values()) c.abort(new Error('this instance no longer leads'));
     const worker = this.worker;
     this.worker = undefined;
@@ -158,6 +166,7 @@ export class Executor {
 
   /** Starts the worker (when this process works) and re-enqueues executions that lost their job. */
   async start(): Promise<void> {
+    this.lapsedAt = undefined;
     if (this.opts.work === false) return;
     this.worker = this.newWorker();
     // Redis restarts and failovers: a worker that does not come back by itself is replaced.
@@ -440,6 +449,29 @@ export class Executor {
     }
   }
 
+  /**
+   * Before a step starts on an instance that does not lead with `lead` now: when the lease lapsed
+   * only because Redis was away, waits (up to regainMs) for this instance to take it
+   * back with that same token, as a lone leader does once Redis answers again; then the execution
+   * goes on here. Another token, an abort or the deadline: FencedError, and the leader resumes it.
+   */
+  private async regain(lead: number, signal: AbortSignal, log: Logger): Promise<void> {
+    const fence = this.opts.fence!;
+    const deadline = Date.now() + (this.opts.regainMs ?? 10_000);
+    let told = false;
+    for (;;) {
+      const now = fence();
+      if (now === lead) {
+        if (told) log.info({ token: lead }, 'leading again with the same token: the execution goes on');
+        return;
+      }
+      if (now !== undefined || this.lapsedAt === undefined || signal.aborted || Date.now() >= deadline) throw new FencedError(lead);
+      if (!told) log.info({ token: lead }, 'not leading (Redis was away): waiting for the lease to come back before the next step');
+      told = true;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   /** Parks the job until `until`; wakes itself if an answer came while it was parking. */
   private async park(job: Job, token: string | undefined, id: string, until: number): Promise<never> {
     const before = await this.answersSignature(id);
@@ -654,7 +686,7 @@ export class Executor {
       failpoint(`step:${step.id}:before-start`);
       // No new step starts while this instance does not lead (the lease lapsed with Redis away).
       const lead = this.tokens.get(rec.id);
-      if (this.opts.fence && lead !== undefined && this.opts.fence() !== lead) throw new FencedError(lead);
+      if (this.opts.fence && lead !== undefined && this.opts.fence() !== lead) await this.regain(lead, signal, log);
       const startedAt = Date.now();
       await this.store.putStep(
         rec.id,
