@@ -25,6 +25,12 @@ import { redactor } from './redact.js';
 import { connectRedis } from './redis-connection.js';
 import { VERSION } from './version.js';
 
+/**
+ * How often every instance reads the gauges kept in Redis (open incidents, last drill, RTO and RPO
+ * achieved, approvals pending, restore-test results): within one scrape interval, cheaply.
+ */
+const GAUGES_EVERY_MS = 5000;
+
 /** The Redis settings Continuity needs in production, and why. */
 const REDIS_EXPECTED = {
   'maxmemory-policy': {
@@ -104,6 +110,8 @@ export class Daemon {
   vantage: VantageBoard | undefined;
   private clusterTimer: NodeJS.Timeout | undefined;
   private ticking = false;
+  /** When the gauges kept in Redis (incidents, executions, restore tests) were last read here. */
+  private gaugesReadAt = 0;
   /** Sharing state: on while the queue connection is ready, off (every probe here) while it is not. */
   private sharing = { on: false, since: 0, awaySince: 0, rescheduled: new Map<string, number>() };
   /** The probes a failover policy relies on: never shared out, they run from every instance. */
@@ -402,6 +410,13 @@ export class Daemon {
     if (this.redis.status === 'ready' && this.vantage) {
       const views = [...this.ownViews(vantageProbeIds(this.config))].map(([probe, report]) => ({ probe, report }));
       await this.vantage.publish(views).catch((err: Error) => this.log.debug({ err: err.message }, 'vantage views not published'));
+    }
+    if (this.redis.status === 'ready' && now - this.gaugesReadAt >= GAUGES_EVERY_MS) {
+      this.gaugesReadAt = now;
+      // What the leader (or the instance that ran a restore test) wrote, on this instance's /metrics too.
+      await Promise.all([this.incidents?.followLeader(), this.executor?.refreshGauges(), this.restoreTests?.refreshMetrics()]).catch(
+        (err: Error) => this.log.debug({ err: err.message }, 'gauges not read from Redis'),
+      );
     }
     if (!this.shared) return;
     const ready = this.queueConnection?.status === 'ready';

@@ -120,6 +120,25 @@ const KEY = '{continuity}:incidents';
 const ACTIVE_SITE = (s: string) => `{continuity}:active-site:${s}`;
 const MAINTENANCE = (s: string) => `{continuity}:maintenance:${s}`;
 const LAST_FAILOVER = (s: string) => `{continuity}:last-failover:${s}`;
+/**
+ * What the incident gauges show, written by the leader with every incident it saves: the other
+ * instances read this small record to keep their own /metrics current, instead of every incident.
+ */
+const GAUGES_KEY = '{continuity}:incident-gauges';
+
+/** The last recovered incident's RTO and RPO achieved, per service. */
+interface Achieved {
+  rto: RtoPhases;
+  rpo?: { bytes?: number; seconds?: number };
+}
+
+/** The record under GAUGES_KEY. */
+interface IncidentGauges {
+  open: number;
+  /** ms since the epoch, per service. */
+  lastDrill: Record<string, number>;
+  achieved: Record<string, Achieved>;
+}
 
 /** An alert counts as firing until its sender says it is resolved. */
 const isFiring = (a: ExternalAlert) => a.status === 'firing';
@@ -140,6 +159,8 @@ export class IncidentManager {
   private readonly drills = new Map<string, Incident>();
   /** When each service's last successful drill finished, ms since the epoch. */
   private readonly lastDrill = new Map<string, number>();
+  /** The last recovered incident's RTO and RPO, per service. */
+  private readonly achieved = new Map<string, Achieved>();
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
   private unsubscribe: (() => void) | undefined;
@@ -190,7 +211,9 @@ export class IncidentManager {
     this.open.clear();
     this.drills.clear();
     this.lastDrill.clear();
+    this.achieved.clear();
     const raw = await this.opts.redis.hgetall(KEY);
+    const recovered = new Map<string, number>();
     for (const v of Object.values(raw)) {
       const i = JSON.parse(v) as Incident;
       i.notifications ??= newNotificationState();
@@ -199,14 +222,43 @@ export class IncidentManager {
         else if (i.status === 'closed' && i.executionFinishedAt)
           this.lastDrill.set(i.service, Math.max(i.executionFinishedAt, this.lastDrill.get(i.service) ?? 0));
       } else if (i.status !== 'closed') this.open.set(i.service, i);
+      else if (i.rto && (i.closedAt ?? 0) >= (recovered.get(i.service) ?? 0)) {
+        recovered.set(i.service, i.closedAt ?? 0);
+        this.achieved.set(i.service, { rto: i.rto, ...(i.rpo ? { rpo: { bytes: i.rpo.bytes, seconds: i.rpo.seconds } } : {}) });
+      }
     }
-    for (const s of Object.values(this.opts.config().services)) {
-      const site = await this.opts.redis.get(ACTIVE_SITE(s.id));
-      if (site && site in this.opts.config().sites) this.opts.monitor.setActiveSite(s.id, site);
-    }
+    await this.loadActiveSites();
     // Every instance shows what is stored (the leader's ticks keep its own current).
     this.updateGauges();
     this.updateDrillGauges();
+    this.updateAchievedGauges();
+  }
+
+  private async loadActiveSites(): Promise<void> {
+    for (const s of Object.values(this.opts.config().services)) {
+      const site = await this.opts.redis.get(ACTIVE_SITE(s.id));
+      if (site && site in this.opts.config().sites && site !== this.opts.monitor.activeSite(s.id))
+        this.opts.monitor.setActiveSite(s.id, site);
+    }
+  }
+
+  /**
+   * On an instance that does not lead: the incident gauges and the active sites as the leader last
+   * wrote them, so every instance's /metrics and status say the same (Prometheus scrapes them all).
+   */
+  async followLeader(): Promise<void> {
+    if (this.leading) return;
+    const raw = await this.opts.redis.get(GAUGES_KEY);
+    await this.loadActiveSites();
+    if (!raw) return;
+    const g = JSON.parse(raw) as IncidentGauges;
+    this.opts.metrics.incidentsOpen.set(g.open);
+    this.lastDrill.clear();
+    for (const [service, at] of Object.entries(g.lastDrill)) this.lastDrill.set(service, at);
+    this.updateDrillGauges();
+    this.achieved.clear();
+    for (const [service, a] of Object.entries(g.achieved)) this.achieved.set(service, a);
+    this.updateAchievedGauges();
   }
 
   stop(): void {
@@ -809,9 +861,8 @@ export class IncidentManager {
             ? 'not measurable'
             : `the old primary's last reported WAL position minus the promoted replica's replay position${fromRunbook ? ' before promotion' : ' at the decision'}`,
       };
-      for (const [phase, value] of Object.entries(incident.rto)) this.opts.metrics.rtoAchieved.set({ service: svc.id, phase }, value);
-      if (incident.rpo.bytes !== undefined) this.opts.metrics.rpoAchievedBytes.set({ service: svc.id }, incident.rpo.bytes);
-      if (incident.rpo.seconds !== undefined) this.opts.metrics.rpoAchievedSeconds.set({ service: svc.id }, incident.rpo.seconds);
+      this.achieved.set(svc.id, { rto: incident.rto, rpo: { bytes: incident.rpo.bytes, seconds: incident.rpo.seconds } });
+      this.updateAchievedGauges();
     }
     this.event(incident, 'closed', reason);
     const rto = incident.rto ? `; RTO achieved ${Math.round(incident.rto.total)} s` : '';
@@ -836,7 +887,15 @@ export class IncidentManager {
   }
 
   private async save(incident: Incident): Promise<void> {
-    await this.write([['hset', KEY, incident.id, JSON.stringify(incident)]]);
+    const gauges: IncidentGauges = {
+      open: this.open.size,
+      lastDrill: Object.fromEntries(this.lastDrill),
+      achieved: Object.fromEntries(this.achieved),
+    };
+    await this.write([
+      ['hset', KEY, incident.id, JSON.stringify(incident)],
+      ['set', GAUGES_KEY, JSON.stringify(gauges)],
+    ]);
     this.updateGauges();
   }
 
@@ -850,6 +909,18 @@ export class IncidentManager {
 
   private updateGauges(): void {
     this.opts.metrics.incidentsOpen.set(this.open.size);
+  }
+
+  /** continuity_rto_achieved_seconds and continuity_rpo_achieved_*: the last recovered incident's, per service. */
+  private updateAchievedGauges(): void {
+    const m = this.opts.metrics;
+    for (const [service, a] of this.achieved) {
+      for (const [phase, value] of Object.entries(a.rto)) m.rtoAchieved.set({ service, phase }, value);
+      if (a.rpo?.bytes !== undefined) m.rpoAchievedBytes.set({ service }, a.rpo.bytes);
+      else m.rpoAchievedBytes.remove({ service });
+      if (a.rpo?.seconds !== undefined) m.rpoAchievedSeconds.set({ service }, a.rpo.seconds);
+      else m.rpoAchievedSeconds.remove({ service });
+    }
   }
 
   /** Live data at risk per service: the worst replication lag its replica and primary report. */

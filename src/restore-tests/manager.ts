@@ -82,6 +82,8 @@ export class RestoreTests {
   private readonly stopping = new AbortController();
   /** Unknown executions' scratch copies seen unused, and since when (the sweeper's memory). */
   private readonly unusedSince: UnusedSince = new Map();
+  /** The newest report each set's gauges were last set from (its id). */
+  private readonly shown = new Map<string, string>();
   /** How long such a copy must stay unused before the sweeper removes it. */
   unknownGraceMs = UNKNOWN_GRACE_MS;
 
@@ -325,6 +327,7 @@ export class RestoreTests {
       const reports = await this.reports(t.set, 50);
       const last = reports[0];
       if (!last) continue;
+      this.shown.set(t.set, last.id);
       const labels = { backup_set: t.set };
       for (const p of PHASES) {
         const v = last.timings[p];
@@ -343,6 +346,24 @@ export class RestoreTests {
         const recent = speeds.slice(0, RECENT);
         m.restoreTestSecondsPerGib.set({ ...labels, window: 'recent' }, recent.reduce((a, b) => a + b, 0) / recent.length);
       }
+    }
+  }
+
+  /**
+   * Sets again the gauges of every set whose newest report changed: a restore test runs on whichever
+   * instance's worker took it, and every instance's /metrics shows its result within a refresh.
+   */
+  async refreshMetrics(): Promise<void> {
+    const tests = this.tests();
+    if (tests.length === 0) return;
+    const pipeline = this.opts.redis.pipeline();
+    for (const t of tests) pipeline.lindex(key.reports(t.set), 0);
+    const heads = (await pipeline.exec()) ?? [];
+    for (const [i, t] of tests.entries()) {
+      const [err, raw] = heads[i] ?? [];
+      if (err || typeof raw !== 'string') continue;
+      const id = (JSON.parse(raw) as RestoreTestReport).id;
+      if (this.shown.get(t.set) !== id) await this.loadMetrics(t.set);
     }
   }
 
