@@ -39,6 +39,8 @@ export function summarize(observed: Record<string, unknown>): Record<string, unk
  * change and per verdict change, never one per run: a quiet log means a quiet estate.
  */
 export class Monitor {
+  /** The skipped-run warning, once a minute per probe at most (the counter counts every one). */
+  private readonly skips = new SkipWarnings();
   private config: Config;
   private readonly states = new Map<string, ProbeState>();
   private readonly scheduler: Scheduler;
@@ -66,7 +68,8 @@ export class Monitor {
       onResult: (r) => this.record(r, true),
       onSkip: (p) => {
         this.metrics.probeSkipped.inc({ probe: p.id });
-        this.log.warn({ probe: p.id }, 'probe run skipped: the previous run is still going');
+        const skipped = this.skips.skip(p.id);
+        if (skipped) this.log.warn({ probe: p.id, skipped }, 'probe run skipped: the previous run is still going');
       },
       firstRun: opts.firstRun,
     });
@@ -272,5 +275,35 @@ export class Monitor {
       else m.siteUp.set({ site }, value);
     }
     for (const l of this.listeners) l(after);
+  }
+}
+
+/**
+ * Which skipped runs to warn about: the first of a probe's, then at most one a minute, each saying
+ * how many were skipped since the last warning. A saturated instance skips many runs a second; a log
+ * line for each would bury everything else (continuity_probe_skipped_total counts them all).
+ */
+export class SkipWarnings {
+  private readonly last = new Map<string, { at: number; count: number }>();
+
+  constructor(
+    private readonly everyMs = 60_000,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Records a skipped run; returns how many to report now (0: stay quiet). */
+  skip(probe: string): number {
+    const t = this.now();
+    const entry = this.last.get(probe);
+    if (!entry) {
+      this.last.set(probe, { at: t, count: 0 });
+      return 1;
+    }
+    entry.count++;
+    if (t - entry.at < this.everyMs) return 0;
+    const count = entry.count;
+    entry.at = t;
+    entry.count = 0;
+    return count;
   }
 }
