@@ -2,7 +2,7 @@ import net from 'node:net';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EPOCH_KEY, LeaderLease } from '../../../src/cluster/lease.js';
-import { startRedis, startRedisReplica, type RedisNode } from '../../helpers/redis-replica.js';
+import { startRedis, startRedisReplica, waitForLink, type RedisNode } from '../../helpers/redis-replica.js';
 
 /** A TCP proxy that holds every chunk `delayMs` before passing it on, both ways: a slow replication link. */
 async function slowLink(target: number, delayMs: number): Promise<{ port: number; close(): void }> {
@@ -57,6 +57,58 @@ describe('leader lease with a Redis replica', () => {
       // The INCR's way to the replica and its acknowledgement's way back: two delays at least.
       expect(took).toBeGreaterThanOrEqual(2 * DELAY - 20);
       expect(Number(await replica.call('GET', EPOCH_KEY))).toBe(lease.token);
+    } finally {
+      await lease.stop();
+      client.disconnect();
+    }
+  }, 30_000);
+});
+
+/**
+ * A partition: the primary site cut off with its Redis. With `min-replicas-to-write 1` the cut-off
+ * master refuses writes once its DR replica is gone, lease renewals too, so its leader stops leading
+ * within the lease, and cannot be elected there again, while the DR site promotes its replica.
+ */
+describe('leader lease on a master with min-replicas-to-write, cut off from its replica', () => {
+  let master: RedisNode;
+  let replica: RedisNode;
+  let link: Awaited<ReturnType<typeof slowLink>>;
+  const LEASE_MS = 3000;
+
+  beforeAll(async () => {
+    master = await startRedis({ args: ['--min-replicas-to-write', '1', '--min-replicas-max-lag', '2'] });
+    link = await slowLink(master.port, 0);
+    replica = await startRedisReplica({ host: '127.0.0.1', port: link.port });
+  });
+  afterAll(async () => {
+    link?.close();
+    await replica?.cleanup();
+    await master?.cleanup();
+  });
+
+  it('the leader stops leading within its lease of the cut, and is not elected again while cut off', async () => {
+    const client = master.client();
+    const lease = new LeaderLease({ redis: client, instanceId: 'cut-a', leaseMs: LEASE_MS, log: pino({ level: 'silent' }) });
+    try {
+      await client.connect();
+      await lease.start();
+      expect(lease.leading).toBe(true);
+      const deposed = new Promise<[number, string]>((r) => lease.once('deposed', (reason) => r([Date.now(), reason])));
+      // Renewed at least once through the link before it goes.
+      await new Promise((r) => setTimeout(r, LEASE_MS / 2));
+      const cut = Date.now();
+      link.close();
+      await waitForLink(replica, 'down');
+      await expect(client.set('after-the-cut', '1')).rejects.toThrow(/NOREPLICAS/);
+      const [at, reason] = await deposed;
+      const after = at - cut;
+      console.log(`lease-replica: cut off from its replica, the leader was deposed after ${after} ms (lease ${LEASE_MS} ms)`);
+      expect(after).toBeLessThanOrEqual(LEASE_MS + 200);
+      expect(reason).toMatch(/expired without a successful renewal/);
+      // Its attempts to take the lease again are refused by the master as well.
+      await new Promise((r) => setTimeout(r, LEASE_MS));
+      expect(lease.leading).toBe(false);
+      expect(await client.get(EPOCH_KEY)).toBe(String(1));
     } finally {
       await lease.stop();
       client.disconnect();
