@@ -36,6 +36,8 @@ export const QUEUE_PREFIX = '{continuity}';
 const OUTPUT_LIMIT = 16 * 1024;
 /** How long a parked execution waiting for an operator sleeps before looking again by itself. */
 const DECISION_RECHECK_MS = 60 * 60 * 1000;
+/** A job given back by an instance that does not lead is due again this soon (not at once: no busy loop while a transition runs). */
+const HAND_BACK_MS = 250;
 export interface ExecutorOptions {
   /** For BullMQ's own connections. */
   connection: ConnectionOptions;
@@ -415,8 +417,8 @@ export class Executor {
     const log = this.opts.log.child({ execution: id, runbook: rec.runbook, version: rec.version, mode: rec.mode });
     if (this.opts.fence) {
       const epoch = this.opts.fence();
-      // Not leading (a transition under way): leave the job to the leader, as a fenced one.
-      if (epoch === undefined) throw new DelayedError();
+      // Not leading (a transition under way): the job goes back to the queue for the leader.
+      if (epoch === undefined) return this.handBack(job, token, id, log);
       this.tokens.set(id, epoch);
     }
     const controller = new AbortController();
@@ -437,10 +439,10 @@ export class Executor {
         else if (failed) throw failed;
       }
       if (fenced) {
-        // Nothing more of this execution is written here: the job stays active without a lock
-        // renewal, so the leader's worker takes it up from the store once the lock expires.
+        // Nothing more of this execution is written here: the job goes back to the queue, and the
+        // leader's worker takes it up from the store.
         log.warn({ token: fenced.token }, 'fenced: a newer leader holds the lease');
-        throw new DelayedError();
+        await this.handBack(job, token, id, log);
       }
     } finally {
       this.tokens.delete(id);
@@ -470,6 +472,23 @@ export class Executor {
       told = true;
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  /**
+   * Gives the job back to the queue at once (through the delayed set, HAND_BACK_MS from now), for the
+   * leader's worker: this instance does not lead, and holds the job's lock. Without it the job would
+   * wait for its lock to expire and BullMQ's stalled-job check to see it twice (up to three lock
+   * durations). Where the lock is no longer this worker's (it lapsed) or Redis does not answer, the
+   * job is left as it is and that check returns it.
+   */
+  private async handBack(job: Job, token: string | undefined, id: string, log: Logger): Promise<never> {
+    try {
+      await job.moveToDelayed(Date.now() + HAND_BACK_MS, token);
+      log.info('not leading: the job is given back to the queue for the leader');
+    } catch (err) {
+      log.debug({ execution: id, err: reasonOf(err) }, 'the job could not be given back; it returns when its lock expires');
+    }
+    throw new DelayedError();
   }
 
   /** Parks the job until `until`; wakes itself if an answer came while it was parking. */
