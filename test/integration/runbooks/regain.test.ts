@@ -106,17 +106,21 @@ steps:
     }
   }
 
+  /** The execution's record once it succeeded (15 s at most). */
+  const succeeded = (executor: Executor, id: string) =>
+    until(
+      'the execution succeeded',
+      async () => {
+        const rec = await executor.store.get(id);
+        return rec?.status === 'succeeded' ? rec : undefined;
+      },
+      15_000,
+    );
+
   it('takes the lease back with the same token: the next step runs here, once, and the execution succeeds', async () => {
     const { executor, id } = await scenario('same', { token: 1, afterMs: 700 }, 10_000);
     try {
-      const done = await until(
-        'the execution succeeded',
-        async () => {
-          const rec = await executor.store.get(id);
-          return rec?.status === 'succeeded' ? rec : undefined;
-        },
-        15_000,
-      );
+      const done = await succeeded(executor, id);
       expect(done.status).toBe('succeeded');
       expect(readFileSync(log, 'utf8').trim().split('\n')).toEqual(['first-begin', 'first-end', 'second']);
       const view = await executor.view(id);
@@ -132,14 +136,7 @@ steps:
   it('leading again with another token (someone led in between): the old run is fenced and gives its job back, the new one resumes it, each step once', async () => {
     const { executor, id, ended } = await scenario('other', { token: 2, afterMs: 300 }, 10_000);
     try {
-      const done = await until(
-        'the execution succeeded',
-        async () => {
-          const rec = await executor.store.get(id);
-          return rec?.status === 'succeeded' ? rec : undefined;
-        },
-        15_000,
-      );
+      const done = await succeeded(executor, id);
       // Given back at once, not after the 5 s lock expired and BullMQ's stalled-job check saw it.
       expect(done.updatedAt - ended).toBeLessThan(4000);
       const text = lines.join('');
