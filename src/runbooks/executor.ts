@@ -127,8 +127,8 @@ export class Executor {
    * runs of one execution ever advance side by side here.
    */
   private readonly runs = new Map<string, Promise<void>>();
-  /** Since when this instance has not led because Redis was away (running steps kept on), if so. */
-  private lapsedAt: number | undefined;
+  /** This instance stopped leading only because Redis was away (its running steps kept on). */
+  private lapsed = false;
 
   constructor(private readonly opts: ExecutorOptions) {
     this.queue = new Queue(RUNBOOK_QUEUE, { connection: opts.connection, prefix: QUEUE_PREFIX });
@@ -159,7 +159,7 @@ export class Executor {
    * new worker.
    */
   async stopWorker(opts: { keepRunning?: boolean } = {}): Promise<void> {
-    this.lapsedAt = opts.keepRunning ? Date.now() : undefined;
+    this.lapsed = opts.keepRunning === true;
     if (!opts.keepRunning) for (const c of this.controllers.values()) c.abort(new Error('this instance no longer leads'));
     const worker = this.worker;
     this.worker = undefined;
@@ -168,7 +168,7 @@ export class Executor {
 
   /** Starts the worker (when this process works) and re-enqueues executions that lost their job. */
   async start(): Promise<void> {
-    this.lapsedAt = undefined;
+    this.lapsed = false;
     if (this.opts.work === false) return;
     this.worker = this.newWorker();
     // Redis restarts and failovers: a worker that does not come back by itself is replaced.
@@ -418,7 +418,7 @@ export class Executor {
     if (this.opts.fence) {
       const epoch = this.opts.fence();
       // Not leading (a transition under way): the job goes back to the queue for the leader.
-      if (epoch === undefined) return this.handBack(job, token, id, log);
+      if (epoch === undefined) return this.handBack(job, token, log);
       this.tokens.set(id, epoch);
     }
     const controller = new AbortController();
@@ -442,7 +442,7 @@ export class Executor {
         // Nothing more of this execution is written here: the job goes back to the queue, and the
         // leader's worker takes it up from the store.
         log.warn({ token: fenced.token }, 'fenced: a newer leader holds the lease');
-        await this.handBack(job, token, id, log);
+        await this.handBack(job, token, log);
       }
     } finally {
       this.tokens.delete(id);
@@ -467,7 +467,7 @@ export class Executor {
         if (told) log.info({ token: lead }, 'leading again with the same token: the execution goes on');
         return;
       }
-      if (now !== undefined || this.lapsedAt === undefined || signal.aborted || Date.now() >= deadline) throw new FencedError(lead);
+      if (now !== undefined || !this.lapsed || signal.aborted || Date.now() >= deadline) throw new FencedError(lead);
       if (!told) log.info({ token: lead }, 'not leading (Redis was away): waiting for the lease to come back before the next step');
       told = true;
       await new Promise((r) => setTimeout(r, 100));
@@ -481,12 +481,12 @@ export class Executor {
    * durations). Where the lock is no longer this worker's (it lapsed) or Redis does not answer, the
    * job is left as it is and that check returns it.
    */
-  private async handBack(job: Job, token: string | undefined, id: string, log: Logger): Promise<never> {
+  private async handBack(job: Job, token: string | undefined, log: Logger): Promise<never> {
     try {
       await job.moveToDelayed(Date.now() + HAND_BACK_MS, token);
       log.info('not leading: the job is given back to the queue for the leader');
     } catch (err) {
-      log.debug({ execution: id, err: reasonOf(err) }, 'the job could not be given back; it returns when its lock expires');
+      log.debug({ err: reasonOf(err) }, 'the job could not be given back; it returns when its lock expires');
     }
     throw new DelayedError();
   }
