@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { defaultInstanceId, LeaderLease } from './cluster/lease.js';
 import { SharedProbes } from './cluster/probe-share.js';
-import { failoverProbeIds, VantageBoard, vantageProbeIds, type VantageReport } from './cluster/vantage.js';
+import { failoverProbeIds, freshFor, VantageBoard, vantageProbeIds, type VantageReport } from './cluster/vantage.js';
 import { ConfigError, formatIssue } from './config/errors.js';
 import { loadConfig, type Config } from './config/load.js';
 import { Monitor, summarize } from './health/monitor.js';
@@ -437,7 +437,8 @@ export class Daemon {
         this.sharing.since,
         this.sharing.rescheduled.get(p.id) ?? 0,
       );
-      if (now - last <= 2 * p.intervalMs + p.timeoutMs + 1000) continue;
+      // Silent: no run for as long as a vantage view stays fresh (two runs missed, the timeout, 1 s).
+      if (now - last <= freshFor(p)) continue;
       if (budget-- <= 0) break;
       this.sharing.rescheduled.set(p.id, now);
       this.log.warn(

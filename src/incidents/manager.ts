@@ -126,10 +126,17 @@ const LAST_FAILOVER = (s: string) => `{continuity}:last-failover:${s}`;
  */
 const GAUGES_KEY = '{continuity}:incident-gauges';
 
-/** The last recovered incident's RTO and RPO achieved, per service. */
+/** A recovered incident's RTO and RPO achieved, and when it closed (ms since the epoch). */
 interface Achieved {
+  at: number;
   rto: RtoPhases;
   rpo?: { bytes?: number; seconds?: number };
+}
+
+/** What a closed incident achieved, if it recovered (it has an RTO). */
+function achievedOf(i: Incident): Achieved | undefined {
+  if (!i.rto) return undefined;
+  return { at: i.closedAt ?? 0, rto: i.rto, ...(i.rpo ? { rpo: { bytes: i.rpo.bytes, seconds: i.rpo.seconds } } : {}) };
 }
 
 /** The record under GAUGES_KEY. */
@@ -213,7 +220,6 @@ export class IncidentManager {
     this.lastDrill.clear();
     this.achieved.clear();
     const raw = await this.opts.redis.hgetall(KEY);
-    const recovered = new Map<string, number>();
     for (const v of Object.values(raw)) {
       const i = JSON.parse(v) as Incident;
       i.notifications ??= newNotificationState();
@@ -222,9 +228,9 @@ export class IncidentManager {
         else if (i.status === 'closed' && i.executionFinishedAt)
           this.lastDrill.set(i.service, Math.max(i.executionFinishedAt, this.lastDrill.get(i.service) ?? 0));
       } else if (i.status !== 'closed') this.open.set(i.service, i);
-      else if (i.rto && (i.closedAt ?? 0) >= (recovered.get(i.service) ?? 0)) {
-        recovered.set(i.service, i.closedAt ?? 0);
-        this.achieved.set(i.service, { rto: i.rto, ...(i.rpo ? { rpo: { bytes: i.rpo.bytes, seconds: i.rpo.seconds } } : {}) });
+      else {
+        const a = achievedOf(i);
+        if (a && a.at >= (this.achieved.get(i.service)?.at ?? -1)) this.achieved.set(i.service, a);
       }
     }
     await this.loadActiveSites();
@@ -861,7 +867,7 @@ export class IncidentManager {
             ? 'not measurable'
             : `the old primary's last reported WAL position minus the promoted replica's replay position${fromRunbook ? ' before promotion' : ' at the decision'}`,
       };
-      this.achieved.set(svc.id, { rto: incident.rto, rpo: { bytes: incident.rpo.bytes, seconds: incident.rpo.seconds } });
+      this.achieved.set(svc.id, achievedOf(incident)!);
       this.updateAchievedGauges();
     }
     this.event(incident, 'closed', reason);

@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { STATUS_CODES } from 'node:http';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { TokenConfig } from '../../config/load.js';
 import { parseDuration } from '../../duration.js';
@@ -29,6 +30,11 @@ export function incidentRoutes(app: FastifyInstance, deps: IncidentRouteDeps): v
     const m = deps.incidents();
     if (!m) void reply.code(503).send({ error: 'Service Unavailable', message: 'incidents are not available yet: Redis is not reachable' });
     return m;
+  };
+  /** A change the manager refused: audited as refused, answered with its status and reason. */
+  const refused = async (reply: FastifyReply, err: DrillError | ExecutionError, who: string, action: string, target: string) => {
+    await deps.audit({ who, action, target, outcome: 'refused', detail: err.message });
+    return reply.code(err.status).send({ error: STATUS_CODES[err.status], message: err.message });
   };
 
   app.get('/api/v1/incidents', { ...role('viewer'), schema: { summary: 'Incidents, open and closed (viewer)' } }, async (_req, reply) => {
@@ -93,9 +99,7 @@ export function incidentRoutes(app: FastifyInstance, deps: IncidentRouteDeps): v
         return reply.code(202).send({ incident: { id: incident.id }, execution: { id: executionId } });
       } catch (err) {
         if (!(err instanceof DrillError) && !(err instanceof ExecutionError)) throw err;
-        await deps.audit({ who: actor.name, action: 'drill', target: req.params.service, outcome: 'refused', detail: err.message });
-        const error = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 503: 'Service Unavailable' }[err.status];
-        return reply.code(err.status).send({ error, message: err.message });
+        return refused(reply, err, actor.name, 'drill', req.params.service);
       }
     },
   );
@@ -211,9 +215,7 @@ export function incidentRoutes(app: FastifyInstance, deps: IncidentRouteDeps): v
         return { service: req.params.service, activeSite: site, was };
       } catch (err) {
         if (!(err instanceof DrillError)) throw err;
-        await deps.audit({ who: actor.name, action: 'active site', target: req.params.service, outcome: 'refused', detail: err.message });
-        const error = { 400: 'Bad Request', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 503: 'Service Unavailable' }[err.status];
-        return reply.code(err.status).send({ error, message: err.message });
+        return refused(reply, err, actor.name, 'active site', req.params.service);
       }
     },
   );

@@ -11,6 +11,7 @@ import { writeConfig } from '../../helpers/config.js';
 import { closedPort } from '../../helpers/net.js';
 import { startRedisServer } from '../../helpers/redis-server.js';
 import { appendStep } from '../../helpers/daemons.js';
+import { expectNoWriteOfTheOldEpoch } from '../../helpers/audit.js';
 import { until } from '../../helpers/until.js';
 
 /**
@@ -221,15 +222,7 @@ describe('several instances against one Redis', () => {
       expect(lines().filter((l) => l === 's2')).toEqual(['s2']);
       expect(lines().filter((l) => l === 's4')).toEqual(['s4']);
       // The audit stream: no write of the old epoch after the first of the new one.
-      const audit = await client.xrange('{continuity}:audit', '-', '+');
-      const epochOf = (f: string[]) => {
-        const i = f.indexOf('epoch');
-        return i < 0 ? undefined : Number(f[i + 1]);
-      };
-      const firstNew = audit.findIndex(([, f]) => epochOf(f) === newEpoch);
-      expect(firstNew).toBeGreaterThan(0);
-      expect(audit.slice(firstNew).filter(([, f]) => epochOf(f) !== undefined && epochOf(f)! < newEpoch)).toEqual([]);
-      expect(audit.slice(0, firstNew).some(([, f]) => epochOf(f) === oldEpoch)).toBe(true);
+      await expectNoWriteOfTheOldEpoch(client, oldEpoch, newEpoch);
     } finally {
       await stop(follower);
       await stop(leader);

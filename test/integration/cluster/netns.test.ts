@@ -11,6 +11,7 @@ import { closedPort } from '../../helpers/net.js';
 import { createVethNamespace, netnsUnavailable, type VethNamespace } from '../../helpers/netns.js';
 import { startRedisServer, type TestRedisServer } from '../../helpers/redis-server.js';
 import { appendStep } from '../../helpers/daemons.js';
+import { expectNoWriteOfTheOldEpoch } from '../../helpers/audit.js';
 import { until as waitUntil } from '../../helpers/until.js';
 
 /**
@@ -271,15 +272,7 @@ services: {}
       // The audit stream: no write of the old epoch after the first of the new one.
       const client = new Redis(redis.url, { maxRetriesPerRequest: 1 });
       try {
-        const audit = await client.xrange('{continuity}:audit', '-', '+');
-        const epochOf = (f: string[]) => {
-          const i = f.indexOf('epoch');
-          return i < 0 ? undefined : Number(f[i + 1]);
-        };
-        const firstNew = audit.findIndex(([, f]) => epochOf(f) === newEpoch);
-        expect(firstNew).toBeGreaterThan(0);
-        expect(audit.slice(firstNew).filter(([, f]) => epochOf(f) !== undefined && epochOf(f)! < newEpoch)).toEqual([]);
-        expect(audit.slice(0, firstNew).some(([, f]) => epochOf(f) === oldEpoch)).toBe(true);
+        await expectNoWriteOfTheOldEpoch(client, oldEpoch, newEpoch);
       } finally {
         client.disconnect();
       }
